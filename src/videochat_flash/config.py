@@ -127,7 +127,9 @@ class CompressionConfig:
                 f"config field 'llm_compress_layer_list' = {list(self.layers)} must be increasing layer numbers >= 1"
             )
         if any(not 0.0 < r <= 1.0 for r in self.ratios):
-            raise ConfigError(f"config field 'llm_image_token_ratio_list' = {list(self.ratios)} must lie in (0, 1]")
+            raise ConfigError(
+                f"config field 'llm_image_token_ratio_list' = {list(self.ratios)} must lie in (0, 1]"
+            )
 
     def stage_type(self, stage: int) -> str:
         """The dropping rule used at stage ``stage`` (0-based), resolving the combined types."""
@@ -250,7 +252,8 @@ class VideoChatFlashConfig:
             max_position_embeddings=self.llm.max_position_embeddings,
             tie_word_embeddings=self.llm.tie_word_embeddings,
             rope_scaling=self.llm.rope_scaling,
-            mm_vision_tower=out.get("mm_vision_tower") or ("umt-hd-large" if self.vision.image_size == 448 else "umt-large"),
+            mm_vision_tower=out.get("mm_vision_tower")
+            or ("umt-hd-large" if self.vision.image_size == 448 else "umt-large"),
             mm_hidden_size=self.vision.hidden_size,
             mm_local_num_frames=self.vision.num_frames,
             mm_vision_select_layer=self.vision.select_layer,
@@ -294,7 +297,9 @@ def _check_unsupported_paths(data: dict) -> None:
         raise _unsupported("frame_aspect_ratio", frame_aspect, "square")
     version = str(data.get("transformers_version") or "")
     if "llava_ov" in version:
-        raise _unsupported("transformers_version", version, "any value without 'llava_ov' (no 2x2 pooling path)")
+        raise _unsupported(
+            "transformers_version", version, "any value without 'llava_ov' (no 2x2 pooling path)"
+        )
     if data.get("use_sliding_window"):
         raise _unsupported("use_sliding_window", True, "false")
     act = data.get("hidden_act", "silu")
@@ -321,7 +326,9 @@ def _vision_config(data: dict) -> UMTConfig:
     image_size = int(data.get("umt_image_size", image_size))
     frames = int(data.get("mm_local_num_frames", -1))
     if frames <= 0:
-        raise _unsupported("mm_local_num_frames", frames, "a positive frame count per clip (4 in released models)")
+        raise _unsupported(
+            "mm_local_num_frames", frames, "a positive frame count per clip (4 in released models)"
+        )
     vision = UMTConfig(
         hidden_size=int(data.get("umt_hidden_size", 1024)),
         num_layers=int(data.get("umt_num_hidden_layers", 24)),
@@ -332,7 +339,9 @@ def _vision_config(data: dict) -> UMTConfig:
         select_layer=int(data.get("mm_vision_select_layer", -2)),
     )
     if vision.image_size % vision.patch_size:
-        raise ConfigError(f"image size {vision.image_size} is not a multiple of umt_patch_size {vision.patch_size}")
+        raise ConfigError(
+            f"image size {vision.image_size} is not a multiple of umt_patch_size {vision.patch_size}"
+        )
     if vision.hidden_size % vision.num_heads:
         raise ConfigError(
             f"config field 'umt_hidden_size' = {vision.hidden_size} is not divisible by "
