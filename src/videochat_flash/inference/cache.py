@@ -44,7 +44,9 @@ def hash_file(path: str | os.PathLike) -> str:
 
 
 def make_key(video_hash: str, model_id: str, settings: dict) -> str:
-    blob = json.dumps({"video": video_hash, "model": model_id, "settings": settings}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"video": video_hash, "model": model_id, "settings": settings}, sort_keys=True, default=str
+    )
     return hash_bytes(blob.encode())
 
 
@@ -68,7 +70,11 @@ class TokenCache:
             if meta.get("cache_key") != key:
                 raise ValueError("entry belongs to another key")
         except Exception as exc:  # any unreadable entry is dropped and recomputed
-            log.warning("dropping corrupt cache entry %s: %s", path.name, str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning(
+                "dropping corrupt cache entry %s: %s",
+                path.name,
+                str(exc).splitlines()[0] if str(exc) else exc,
+            )
             path.unlink(missing_ok=True)
             self.misses += 1
             return None

@@ -66,7 +66,9 @@ class VideoTokens:
             return self
         chosen = torch.linspace(0, self.num_clips - 1, max_clips).round().long().unique().tolist()
         out = self.select_clips(chosen)
-        out.notes.append(f"kept {len(chosen)} of {self.num_clips} clips, evenly spaced, to fit the context budget")
+        out.notes.append(
+            f"kept {len(chosen)} of {self.num_clips} clips, evenly spaced, to fit the context budget"
+        )
         return out
 
     # ------------------------------------------------------------------ persistence
