@@ -8,6 +8,7 @@ Generation starts from embeddings, so the penalty only ever sees the tokens gene
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -71,7 +72,7 @@ class GenerationConfig:
                 continue
             if key in ("eos_token_id", "eos_token_ids"):
                 key = "eos_token_ids"
-                value = () if value is None else (value,) if isinstance(value, int) else tuple(int(v) for v in value)
+                value = _eos_tuple(value)
             elif key not in _FIELDS:
                 raise ConfigError(f"unknown generation option {key!r} (known: {', '.join(sorted(_FIELDS))})")
             elif value is None:
@@ -92,6 +93,13 @@ class GenerationConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
+def _eos_tuple(value) -> tuple[int, ...]:
+    """HF writes eos_token_id as an int or a list; None means none."""
+    if value is None:
+        return ()
+    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
 _FIELDS = {f.name for f in fields(GenerationConfig)}
 _FILE_KEYS = (_FIELDS - {"eos_token_ids", "seed"}) | {"eos_token_id"}
 _OFF = {"top_p": 1.0, "top_k": 0, "temperature": 1.0, "repetition_penalty": 1.0}
@@ -103,6 +111,8 @@ class GenerateResult:
     stop_reason: str  # "eos" | "max_new_tokens"
     step_logits: torch.Tensor | None = None  # [steps, V] raw (unprocessed) logits, when asked for
     text: str = ""  # filled in by callers that own a tokenizer
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0  # all decode steps together
     trace: object | None = field(default=None, repr=False)  # the prefill trace (PrefillTrace)
 
 
@@ -182,8 +192,13 @@ def generate(
     generator = None
     if not cfg.greedy and cfg.seed is not None:
         generator = torch.Generator(device=inputs_embeds.device).manual_seed(cfg.seed)
-    result = llm.prefill(inputs_embeds, cache, visual=visual, compression=compression, query_index=query_index)
+    t0 = time.perf_counter()
+    result = llm.prefill(
+        inputs_embeds, cache, visual=visual, compression=compression, query_index=query_index
+    )
     logits, trace = result.logits, result.trace
+    _sync(logits)
+    t1 = time.perf_counter()
     eos = set(cfg.eos_token_ids)
     tokens: list[int] = []
     kept: list[torch.Tensor] = []
@@ -202,4 +217,13 @@ def generate(
             break
         logits = llm.decode(token, cache)
     step_logits = torch.stack(kept) if kept else None
-    return GenerateResult(tokens, stop, step_logits, trace=trace)
+    _sync(logits)
+    done = GenerateResult(tokens, stop, step_logits, trace=trace)
+    done.prefill_seconds, done.decode_seconds = t1 - t0, time.perf_counter() - t1
+    return done
+
+
+def _sync(t: torch.Tensor) -> None:
+    """Wait for queued GPU work so the timings mean something."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
