@@ -142,6 +142,9 @@ class UMTEncoder(nn.Module):
         self.register_buffer("pos_embed", video_position_table(cfg), persistent=False)
         self.register_buffer("img_pos_embed", image_position_table(cfg), persistent=False)
 
+    def reset_buffers(self) -> None:
+        self.reset_position_tables()
+
     def reset_position_tables(self) -> None:
         """Rebuild the tables in place (needed after constructing on the meta device and materialising)."""
         device = self.patch_embed.proj.weight.device

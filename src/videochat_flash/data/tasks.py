@@ -1,0 +1,262 @@
+"""Questions, answers and annotation records for synthetic scenes (pure functions, no I/O).
+
+Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE §11):
+* multiple choice — MVBench context ``"Question: q\\nOption:\\n(A) x\\n(B) y\\n\\nOnly give the best option."``,
+  answered ``"(B) y"``;
+* temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
+  ``"The event happens in the S - E seconds."``;
+* captions — ``"Describe the video."`` (stage 1 uses the `plain` template, which keeps only the caption).
+
+Every record is a LLaVA-NeXT annotation (REFERENCE §9.2) plus machine-readable ground truth:
+``task``, ``prompt`` (human text without the placeholder), ``answer`` (gpt text), and per task
+``options``/``answer_letter``/``answer_index`` (MC), ``timestamp`` (grounding), ``depth``/
+``haystack_seconds``/``needle`` (NIAH), and ``meta`` (scene: fps, size, frames, per-object trajectories).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .shapes import COLORS, DIRECTIONS, NEEDLE_COLORS, SHAPES, Scene, SceneObject
+
+IMAGE = "<image>"
+LETTERS = "ABCDE"
+NUM_OPTIONS = 4
+
+CAPTION_PROMPT = "Describe the video."
+MC_SUFFIX = "\nOnly give the best option."
+GROUNDING_PRE = (
+    "Please find the visual event described by a sentence in the video, determining its starting and ending "
+    "times. The format should be: 'The event happens in the start time - end time'. For example, The event "
+    "'person turn a light on' happens in the 24.3 - 30.4 seonds. Now I will give you the textual sentence: "
+)
+GROUNDING_POST = "Please return its start time and end time."
+
+MC_TASKS = ("mc_color", "mc_shape", "mc_count", "mc_order", "mc_direction")
+NIAH_TASKS = ("niah",)
+ALL_TASKS = ("caption", *MC_TASKS, "grounding", *NIAH_TASKS)
+
+_MOTION = {"left": "moves left", "right": "moves right", "up": "moves up", "down": "moves down"}
+_ORDINAL_START = ("First", "Then", "Then", "Then", "Then", "Then")
+
+
+# ------------------------------------------------------------------------------------------- formats
+
+
+def mc_prompt(question: str, options: list[str]) -> str:
+    """MVBench context (REFERENCE §11.1)."""
+    lines = "".join(f"({LETTERS[i]}) {o}\n" for i, o in enumerate(options))
+    return "Question: " + question + "\nOption:\n" + lines + MC_SUFFIX
+
+
+def mc_answer(options: list[str], index: int) -> str:
+    return f"({LETTERS[index]}) {options[index]}"
+
+
+def grounding_prompt(sentence: str) -> str:
+    """Charades-STA context (REFERENCE §11.7): pre_prompt + sentence + ". " + post_prompt."""
+    return GROUNDING_PRE + sentence + ". " + GROUNDING_POST
+
+
+def format_seconds(t: float) -> str:
+    return f"{t:.1f}"
+
+
+def grounding_answer(start: float, end: float) -> str:
+    return f"The event happens in the {format_seconds(start)} - {format_seconds(end)} seconds."
+
+
+def make_record(rid: str, video: str, prompt: str, answer: str, task: str, **extra) -> dict:
+    rec = {
+        "id": rid,
+        "video": video,
+        "conversations": [
+            {"from": "human", "value": IMAGE + "\n" + prompt},
+            {"from": "gpt", "value": answer},
+        ],
+        "task": task,
+        "prompt": prompt,
+        "answer": answer,
+    }
+    rec.update(extra)
+    return rec
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _with_answer(rng: np.random.Generator, answer: str, distractors: list[str], n: int = NUM_OPTIONS):
+    """Options = answer + (n-1) distractors; the answer's slot is uniform, the distractors shuffled."""
+    pool = [d for d in distractors if d != answer]
+    pool = [pool[i] for i in rng.permutation(len(pool))][: n - 1]
+    slot = int(rng.integers(0, len(pool) + 1))
+    return pool[:slot] + [answer] + pool[slot:], slot
+
+
+def describe(o: SceneObject, with_size: bool = False) -> str:
+    return f"{o.size} {o.color} {o.shape}" if with_size else f"{o.color} {o.shape}"
+
+
+def event_sentence(o: SceneObject) -> str:
+    return f"a {o.color} {o.shape} {_MOTION[o.direction]}"
+
+
+def caption(scene: Scene) -> str:
+    """Objects in order of appearance: "First, a big red circle appears and moves left. Then, ..."."""
+    if not scene.objects:
+        return "Nothing moves; the background stays empty."
+    parts = []
+    for k, o in enumerate(scene.objects):
+        gone = ", then disappears" if o.end < scene.duration else ""
+        parts.append(
+            f"{_ORDINAL_START[min(k, 5)]}, a {describe(o, True)} appears and {_MOTION[o.direction]}{gone}."
+        )
+    n = len(scene.objects)
+    parts.append(f"In total {n} shape{'s' if n != 1 else ''} appear{'' if n != 1 else 's'}.")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- MC questions
+
+
+def mc_question(rng: np.random.Generator, scene: Scene, task: str) -> tuple[str, list[str], int, dict] | None:
+    """(question, options, answer_index, extra ground truth) for an MC task, or None if not applicable.
+
+    Assumes every object of the scene has a distinct colour and a distinct shape.
+    """
+    objs = scene.objects
+    if not objs:
+        return None
+    if task == "mc_color":
+        o = objs[int(rng.integers(0, len(objs)))]
+        options, idx = _with_answer(rng, o.color, list(COLORS))
+        return f"What color is the {o.shape}?", options, idx, {"target": objs.index(o)}
+    if task == "mc_shape":
+        o = objs[int(rng.integers(0, len(objs)))]
+        options, idx = _with_answer(rng, o.shape, list(SHAPES))
+        return f"What shape is the {o.color} object?", options, idx, {"target": objs.index(o)}
+    if task == "mc_direction":
+        o = objs[int(rng.integers(0, len(objs)))]
+        options, idx = _with_answer(rng, o.direction, list(DIRECTIONS))
+        return f"In which direction does the {o.name} move?", options, idx, {"target": objs.index(o)}
+    if task == "mc_count":
+        n = len(objs)
+        options, idx = _with_answer(rng, str(n), [str(k) for k in range(1, 7)])
+        return "How many shapes appear in the video?", options, idx, {}
+    if task == "mc_order":
+        starts = sorted({o.start for o in objs})
+        if len(objs) < 2 or len(starts) != len(objs):
+            return None
+        last = bool(rng.random() < 0.3)
+        o = objs[-1] if last else objs[0]
+        present = {x.name for x in objs}
+        absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in present]
+        others = [x.name for x in objs if x is not o]
+        need = max(0, NUM_OPTIONS - 1 - len(others))
+        fill = [absent[i] for i in rng.permutation(len(absent))[:need]]
+        options, idx = _with_answer(rng, o.name, others[: NUM_OPTIONS - 1] + fill)
+        q = "Which shape appeared last?" if last else "Which shape appeared first?"
+        return q, options, idx, {"target": objs.index(o)}
+    raise ValueError(f"unknown MC task {task!r}")
+
+
+def mc_record(
+    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, **extra
+) -> dict | None:
+    q = mc_question(rng, scene, task)
+    if q is None:
+        return None
+    question, options, idx, gt = q
+    return make_record(
+        rid,
+        video,
+        mc_prompt(question, options),
+        mc_answer(options, idx),
+        task,
+        question=question,
+        options=options,
+        answer_index=idx,
+        answer_letter=LETTERS[idx],
+        **gt,
+        **extra,
+    )
+
+
+def caption_record(scene: Scene, rid: str, video: str, **extra) -> dict:
+    return make_record(rid, video, CAPTION_PROMPT, caption(scene), "caption", **extra)
+
+
+def grounding_record(rng: np.random.Generator, scene: Scene, rid: str, video: str, **extra) -> dict | None:
+    if not scene.objects:
+        return None
+    k = int(rng.integers(0, len(scene.objects)))
+    o = scene.objects[k]
+    sentence = event_sentence(o)
+    return make_record(
+        rid,
+        video,
+        grounding_prompt(sentence),
+        grounding_answer(o.start, o.end),
+        "grounding",
+        sentence=sentence,
+        timestamp=[o.start, o.end],
+        target=k,
+        **extra,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- NIAH
+
+
+def needle_question(rng: np.random.Generator, shape: str, color: str, kind: str | None = None):
+    """MC question about the needle (a huge shape on a light-grey screen). Returns (question, options, idx)."""
+    kind = kind or ("shape" if rng.random() < 0.5 else "color")
+    if kind == "shape":
+        options, idx = _with_answer(rng, shape, list(SHAPES))
+        q = "A large shape was briefly shown on a light gray screen. What shape was it?"
+    elif kind == "color":
+        options, idx = _with_answer(rng, color, list(NEEDLE_COLORS))
+        q = "A large shape was briefly shown on a light gray screen. What color was it?"
+    else:
+        raise ValueError(f"unknown needle question kind {kind!r}")
+    return q, options, idx, kind
+
+
+def niah_record(
+    rng: np.random.Generator,
+    *,
+    rid: str,
+    video: str,
+    shape: str,
+    color: str,
+    depth: float,
+    haystack_seconds: float,
+    needle_start: float,
+    needle_end: float,
+    needle_frames: list[int],
+    kind: str | None = None,
+    **extra,
+) -> dict:
+    question, options, idx, kind = needle_question(rng, shape, color, kind)
+    return make_record(
+        rid,
+        video,
+        mc_prompt(question, options),
+        mc_answer(options, idx),
+        "niah",
+        question=question,
+        options=options,
+        answer_index=idx,
+        answer_letter=LETTERS[idx],
+        depth=depth,
+        haystack_seconds=haystack_seconds,
+        needle={
+            "shape": shape,
+            "color": color,
+            "question": kind,
+            "start": needle_start,
+            "end": needle_end,
+            "frames": needle_frames,
+        },
+        **extra,
+    )
