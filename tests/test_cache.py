@@ -60,7 +60,9 @@ def test_foreign_entry_is_not_trusted(tmp_path):
     cache = TokenCache(tmp_path)
     key_a, key_b = make_key("a", "m", {}), make_key("b", "m", {})
     cache.put(key_a, make_tokens(seed=1))
-    os.replace(tmp_path / f"{key_a}.safetensors", tmp_path / f"{key_b}.safetensors")  # entry under a wrong name
+    os.replace(
+        tmp_path / f"{key_a}.safetensors", tmp_path / f"{key_b}.safetensors"
+    )  # entry under a wrong name
     assert cache.get(key_b) is None
 
 

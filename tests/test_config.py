@@ -16,7 +16,11 @@ def fixture_config(case: str = "case_a_res224_nocompress") -> dict:
 
 @pytest.mark.parametrize(
     "case,size,compress",
-    [("case_a_res224_nocompress", 224, False), ("case_b_res448_compress", 448, True), ("case_c_image", 224, False)],
+    [
+        ("case_a_res224_nocompress", 224, False),
+        ("case_b_res448_compress", 448, True),
+        ("case_c_image", 224, False),
+    ],
 )
 def test_fixture_configs_load(case, size, compress):
     cfg = VideoChatFlashConfig.from_dict(fixture_config(case))
@@ -84,4 +88,9 @@ def test_compression_stages():
     c = CompressionConfig.published()
     assert [c.stage_type(s) for s in range(2)] == ["uniform", "attention"]
     assert c.stage_counts(512, 0) == (512, 384) and c.stage_counts(512, 1) == (384, 128)
-    assert CompressionConfig(type="uniform1_attention", layers=(1, 2, 3), ratios=(1, 0.5, 0.25, 0.1)).stage_type(1) == "uniform"
+    assert (
+        CompressionConfig(type="uniform1_attention", layers=(1, 2, 3), ratios=(1, 0.5, 0.25, 0.1)).stage_type(
+            1
+        )
+        == "uniform"
+    )

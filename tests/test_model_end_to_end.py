@@ -103,7 +103,9 @@ def test_corrupt_safetensors_header(writable_checkpoint):
         VideoChatFlash.from_pretrained(writable_checkpoint)
 
 
-@pytest.mark.parametrize("field,value", [("mm_projector_type", "mlp2x_gelu"), ("mm_vision_tower", "internvideo2")])
+@pytest.mark.parametrize(
+    "field,value", [("mm_projector_type", "mlp2x_gelu"), ("mm_vision_tower", "internvideo2")]
+)
 def test_unsupported_parts(writable_checkpoint, field, value):
     config = json.loads((writable_checkpoint / "config.json").read_text())
     config[field] = value
@@ -116,7 +118,10 @@ def test_sharded_checkpoint(writable_checkpoint):
     path = writable_checkpoint / "model.safetensors"
     state = load_file(str(path))
     names = sorted(state)
-    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    halves = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     weight_map = {}
     for file, keys in halves.items():
         save_file({k: state[k] for k in keys}, str(writable_checkpoint / file))

@@ -37,7 +37,10 @@ def test_reference_prompt_text_and_ids(case, tokenizer):
 def test_first_turn_carries_time_message():
     msg = "\nThe video lasts for 12.34 seconds, and 64 frames are uniformly sampled from it. "
     prompt, user = build_chat_prompt("What happens?", msg)
-    assert user == "<image>\nThe video lasts for 12.34 seconds, and 64 frames are uniformly sampled from it. What happens?"
+    assert (
+        user
+        == "<image>\nThe video lasts for 12.34 seconds, and 64 frames are uniformly sampled from it. What happens?"
+    )
     assert prompt.endswith("What happens?<|im_end|>\n<|im_start|>assistant\n")
 
 

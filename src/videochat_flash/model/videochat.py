@@ -304,6 +304,43 @@ class VideoChatFlash(nn.Module):
         result.text = tokenizer.clean_answer(result.token_ids)
         return result
 
+    # ------------------------------------------------------------------ the main job
+    def encode_video(self, video, max_num_frames: int = 512, media: dict | None = None, **kwargs):
+        """Sample, decode and encode a video once -> `VideoTokens`, reusable for every question.
+
+        ``video``: a path, bytes, file object, frame directory, image file, GIF or frames array (see
+        `videochat_flash.video`). Keyword options: ``cache`` (a `TokenCache`), ``progress``, ``timings``,
+        ``allow_url``.
+        """
+        from ..inference.session import encode_video
+
+        return encode_video(self, video, max_num_frames=max_num_frames, media=media, **kwargs)
+
+    def chat(
+        self,
+        video,
+        question: str,
+        history: list[dict] | None = None,
+        max_num_frames: int = 512,
+        generation: dict | None = None,
+        media: dict | None = None,
+        **kwargs,
+    ) -> tuple[str, list[dict]]:
+        """Answer a question about a video, as the original ``model.chat`` (REFERENCE §8).
+
+        ``video`` may also be an already encoded `VideoTokens` (no decoding or encoding then). Returns
+        ``(answer, history)``; pass the history back for the next turn.
+        """
+        from ..inference.session import chat
+
+        return chat(self, video, question, history, max_num_frames, generation, media, **kwargs)
+
+    def stream(self, source, **kwargs):
+        """A `StreamSession` over a live source (growing file, URL with ``allow_url=True``, frame iterator)."""
+        from ..inference.stream import StreamSession
+
+        return StreamSession(self, source, **kwargs)
+
     # ------------------------------------------------------------------ training
     def _sample_visual(self, sample: MultimodalSample) -> torch.Tensor | None:
         if sample.modality == "text" or sample.pixels is None:
