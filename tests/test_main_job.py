@@ -116,7 +116,8 @@ def test_info(capsys, tiny_model_dir, small_video):
     assert info["num_frames"] == 48 and info["fps"] == 4.0 and info["duration"] == 12.0
     assert info["sampled_frames"] == 48
     assert info["visual_tokens"] == 48 * 16
-    assert info["visual_tokens_per_llm_stage"]["tokens"] == [768, 576, 192]
+    # The published [4, 18] of 28 layers scales to [1] for this 2-layer model: one drop, to 75%.
+    assert info["visual_tokens_per_llm_stage"]["tokens"] == [768, 576]
 
 
 def test_chat_through_stdin(tiny_model_dir, small_video, tmp_path):

@@ -85,12 +85,13 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None)
 
 
-def compression_from_args(args):
+def compression_from_args(args, num_layers: int = 28):
+    """The --compress* options as a CompressionConfig (None when off); the published layers scale to the depth."""
     from .config import CompressionConfig
 
     if not (args.compress or args.compress_type or args.compress_layers or args.compress_ratios):
         return None
-    base = CompressionConfig.published()
+    base = CompressionConfig.published(num_layers)
     return CompressionConfig(
         enabled=True,
         type=args.compress_type or base.type,
@@ -170,7 +171,7 @@ def cmd_ask(args) -> int:
         args.question,
         max_num_frames=args.max_frames,
         generation=generation_from_args(args),
-        compression=compression_from_args(args),
+        compression=compression_from_args(args, model.config.llm.num_hidden_layers),
         timings=timings,
         on_token=on_token,
     )
@@ -240,7 +241,7 @@ def cmd_chat(args) -> int:
             line.strip(),
             history=history,
             generation=generation_from_args(args),
-            compression=compression_from_args(args),
+            compression=compression_from_args(args, model.config.llm.num_hidden_layers),
         )
         print(answer, flush=True)
 
@@ -268,7 +269,8 @@ def cmd_info(args) -> int:
     frames = len(plan.indices)
     patches = frames * config.vision.tokens_per_frame
     merged = frames * config.projector.tokens_per_frame
-    compression = compression_from_args(args) or CompressionConfig.published()
+    layers = config.llm.num_hidden_layers
+    compression = compression_from_args(args, layers) or CompressionConfig.published(layers)
     stages = [int(merged * r) for r in compression.ratios]
     out = {
         "video": args.video,
@@ -358,6 +360,13 @@ def _mount_optional(sub) -> None:
         p = data.add_parser("synth", help="generate synthetic videos + annotations")
         synth.add_arguments(p)
         p.set_defaults(func=synth.run)
+    from .train import demo
+
+    p = sub.add_parser(
+        "demo", help="build the bundled demo model: synthetic data, tokenizer, 5 stages, evaluation"
+    )
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
     try:
         from .eval import cli as eval_cli
     except ImportError:

@@ -144,9 +144,18 @@ class CompressionConfig:
         return int(num_visual * self.ratios[stage]), int(num_visual * self.ratios[stage + 1])
 
     @classmethod
-    def published(cls) -> CompressionConfig:
-        """The setting published with the released models' demo: uniform0_attention, [4, 18], [1, 0.75, 0.25]."""
-        return cls(enabled=True, type="uniform0_attention", layers=(4, 18), ratios=(1.0, 0.75, 0.25))
+    def published(cls, num_layers: int = 28) -> CompressionConfig:
+        """The setting published with the released models: uniform0_attention, layers [4, 18], ratios [1, 0.75, 0.25].
+
+        The released LLMs have 28 layers. For a shallower model (our demo) the layers are scaled to the same
+        relative depths, keeping the last one below ``num_layers`` (an attention stage reads the next layer).
+        """
+        layers = (4, 18)
+        if num_layers != 28:
+            scaled = [max(1, min(num_layers - 1, round(layer * num_layers / 28))) for layer in layers]
+            layers = tuple(sorted(set(scaled)))
+        ratios = (1.0, 0.75, 0.25)[: len(layers) + 1]
+        return cls(enabled=True, type="uniform0_attention", layers=layers, ratios=ratios)
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,13 @@ def _pair(text: str) -> tuple[float, float]:
     return values
 
 
-def _compression(args):
+def _compression(args, num_layers: int = 28):
     """``--compress*`` options, else compression explicitly off (as the original harness forces, §8), so a
     checkpoint whose config enables ``mm_llm_compress`` is still evaluated without it."""
     from ..cli import compression_from_args
     from ..config import CompressionConfig
 
-    return compression_from_args(args) or CompressionConfig(enabled=False)
+    return compression_from_args(args, num_layers) or CompressionConfig(enabled=False)
 
 
 class _LastVideo:
@@ -80,7 +80,7 @@ def cmd_bench(args) -> int:
     bench = load_benchmark(args.name, args.annotations, args.videos, args.subtitles)
     output = Path(args.output or f"{bench.name}.jsonl")
     model = load_model(args)
-    compression = _compression(args)
+    compression = _compression(args, model.config.llm.num_hidden_layers)
     max_frames = args.max_frames or bench.max_frames
     videos = _LastVideo(model, max_frames, TokenCache(args.cache_dir) if args.cache_dir else None)
 
@@ -111,7 +111,7 @@ def cmd_synth(args) -> int:
     from ..inference.session import chat
 
     model = load_model(args)
-    compression = _compression(args)
+    compression = _compression(args, model.config.llm.num_hidden_layers)
     videos = _LastVideo(model, args.max_frames)
     progress = not args.quiet and not args.json
 
@@ -209,7 +209,9 @@ def cmd_niah(args) -> int:
         haystack_frames=args.haystack_frames,
         chunk_tokens=args.chunk_tokens,
         # embedding level: None is off; the pixel level goes through chat, where None means "the checkpoint's"
-        compression=_compression(args) if args.pixel else compression_from_args(args),
+        compression=(_compression if args.pixel else compression_from_args)(
+            args, model.config.llm.num_hidden_layers
+        ),
         progress=not args.quiet and not args.json,
         model_name=name,
     )
@@ -258,7 +260,7 @@ def cmd_flops(args) -> int:
         flops.estimate(
             config,
             n,
-            compression=compression_from_args(args),
+            compression=compression_from_args(args, config.llm.num_hidden_layers),
             text_tokens=args.text_tokens,
             new_tokens=args.new_tokens,
             dtype=dtype,
