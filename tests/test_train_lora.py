@@ -161,7 +161,6 @@ def test_lora_training_on_the_tiny_model(tmp_path):
 
 def test_every_adapter_gets_gradients_including_the_encoder(tmp_path):
     """An adapter whose module weight is used outside its forward would get no gradient: none may be bypassed."""
-    from videochat_flash.errors import ConfigError
     from videochat_flash.train.distributed import DistEnv
     from videochat_flash.train.recipes import recipe_from_dict
     from videochat_flash.train.trainer import Trainer
@@ -177,12 +176,10 @@ def test_every_adapter_gets_gradients_including_the_encoder(tmp_path):
     trainer.wrapped(list(next(trainer.data_iterator()))).backward()
     adapters = {n: p for n, p in trainer.model.named_parameters() if L.is_lora_parameter(n)}
     assert any(n.startswith("vision.") for n in adapters) and any(n.startswith("llm.") for n in adapters)
+    assert any(".attn.qkv." in n for n in adapters)  # the UMT qkv goes through its module, so adapters apply
     for name, p in adapters.items():
         if name.endswith(".lora_b"):  # B starts at 0, so only B has a gradient at the first step
             assert p.grad is not None and p.grad.abs().sum() > 0, name
-    spec["lora"]["vision_target_modules"] = ["qkv"]
-    with pytest.raises(ConfigError, match="qkv"):
-        recipe_from_dict(spec)
 
 
 def test_lora_needs_targets():

@@ -98,7 +98,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias).view(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = (self.qkv(x) + bias).view(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
         out = F.scaled_dot_product_attention(q, k, v)  # non-causal, scale head_dim^-0.5
         return self.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -156,14 +156,23 @@ class VideoChatFlash(nn.Module):
             if module is not self and hasattr(module, "reset_buffers"):
                 module.reset_buffers()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the HF layout the original code reads: config.json, model.safetensors, tokenizer, generation."""
+    def save_pretrained(self, directory: str | os.PathLike, state_dict: dict | None = None) -> Path:
+        """Write the HF layout the original code reads: config.json, model.safetensors, tokenizer, generation.
+
+        ``state_dict`` (our parameter names) replaces the module's own tensors, e.g. a gathered FSDP state or
+        base weights without LoRA adapters.
+        """
+        tensors = (
+            loading.hf_state_dict(self)
+            if state_dict is None
+            else {loading.hf_key(k): v.detach().contiguous() for k, v in state_dict.items()}
+        )
         config = self.config.to_dict()
-        config["torch_dtype"] = str(self.dtype).removeprefix("torch.")
+        config["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
         extra = {loading.GENERATION_CONFIG: self.generation_config.to_json()}
         if self.tokenizer is not None:
             extra.update(self.tokenizer.files())
-        return loading.write_checkpoint(directory, config, loading.hf_state_dict(self), extra)
+        return loading.write_checkpoint(directory, config, tensors, extra)
 
     # ------------------------------------------------------------------ preprocessing
     def preprocess_video(self, frames) -> torch.Tensor:

@@ -163,24 +163,12 @@ def save_model(model: nn.Module, directory: Path, env: DistEnv, lora_config=None
         raw.save_pretrained(directory)
         return
     base = {k: v for k, v in state.items() if not lora_mod.is_lora_parameter(k)}
-    _write_pretrained(raw, directory, base)
+    raw.save_pretrained(directory, state_dict=base)
     if lora_config is not None:
         adapter = {k: v for k, v in state.items() if lora_mod.is_lora_parameter(k)}
         lora_mod.write_adapter(
             lora_mod.rename_adapter_keys(adapter, key_mapper()), directory / ADAPTER_DIR, lora_config
         )
-
-
-def _write_pretrained(raw: nn.Module, directory: Path, state: Mapping[str, torch.Tensor]) -> None:
-    """``save_pretrained`` with an explicit state dict (our names)."""
-    from ..model import loading
-
-    config = raw.config.to_dict()
-    config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    extra = {loading.GENERATION_CONFIG: raw.generation_config.to_json()}
-    if raw.tokenizer is not None:
-        extra.update(raw.tokenizer.files())
-    loading.write_checkpoint(directory, config, {loading.hf_key(k): v for k, v in state.items()}, extra)
 
 
 # ------------------------------------------------------------------------------- checkpoint writing

@@ -217,8 +217,7 @@ class LoraRecipe:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     vision: bool = False  # also adapt the vision encoder's linear layers
-    # Not "qkv": the UMT attention reads qkv.weight directly (to add its q/v biases), bypassing any adapter.
-    vision_target_modules: list[str] = field(default_factory=lambda: ["proj", "fc1", "fc2"])
+    vision_target_modules: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
 
 
 @dataclass
@@ -412,11 +411,6 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(
             f"train.compression.type = {comp.type!r} reads the next decoder layer's weights outside its forward, "
             "which FSDP keeps sharded: use parallel.strategy ddp (or none), or compression type uniform"
-        )
-    if recipe.lora.enabled and recipe.lora.vision and "qkv" in recipe.lora.vision_target_modules:
-        raise ConfigError(
-            "lora.vision_target_modules cannot contain 'qkv': the UMT attention uses qkv.weight directly, so an "
-            "adapter there would be ignored (adapt proj, fc1, fc2)"
         )
     if recipe.lora.enabled and recipe.lora.rank < 1:
         raise ConfigError("lora.rank must be >= 1")
