@@ -79,7 +79,9 @@ def make_data(work: Path, seed: int, scale: float) -> Path:
     if (data_dir / "manifest.json").is_file():
         _log(f"data exists: {data_dir}")
         return data_dir
-    sizes = {k: max(2, int(v * scale)) if k.startswith("num") else v for k, v in DATA.items()}
+    # At tiny scales keep at least one global batch (8) of captions for the caption-only stage 1.
+    floors = {"num_samples": 8, "num_long": 2, "num_niah": 2}
+    sizes = {k: max(floors[k], int(v * scale)) if k in floors else v for k, v in DATA.items()}
     _log(f"generating synthetic data into {data_dir} ({sizes})")
     generate_dataset(data_dir, seed, stage="all", workers=1, **sizes)
     return data_dir
