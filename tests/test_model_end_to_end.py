@@ -167,3 +167,21 @@ def test_bfloat16_runs(case):
     # Values are not compared here: ToMe's matching flips on bf16 ties (see test_model_vision for the bounded
     # parts); the LLM's bf16 closeness is checked in test_model_llm.
     assert torch.isfinite(visual.float()).all()
+
+
+def test_auto_device_and_dtype(monkeypatch):
+    from videochat_flash.model import videochat
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(videochat, "cpu_has_fast_bf16", lambda: False)
+    assert videochat.resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(videochat, "cpu_has_fast_bf16", lambda: True)
+    assert videochat.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert videochat.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert videochat.resolve_dtype("float16", cpu) == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        videochat.resolve_dtype("fp8", cpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            videochat.resolve_device("cuda")
+    assert videochat.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

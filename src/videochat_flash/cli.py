@@ -40,7 +40,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     g.add_argument(
-        "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+        "--dtype",
+        default="auto",
+        help="auto (bfloat16 on CUDA and on CPUs with bf16 matrix units, else float32), float32, bfloat16, float16",
     )
     g.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     g.add_argument(

@@ -32,12 +32,23 @@ from .umt import UMTEncoder
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bfloat16 matrix instructions (AMX or AVX512-BF16); elsewhere bf16 matmuls are slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """`"auto"` is bfloat16 on CUDA and float32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    """`"auto"`: bfloat16 on CUDA and on CPUs with bf16 matrix units, float32 on other CPUs."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        return torch.bfloat16 if fast else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (choose auto, {', '.join(DTYPES)})")
     return DTYPES[dtype]
