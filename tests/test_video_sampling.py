@@ -179,3 +179,39 @@ def test_time_messages_exact() -> None:
     assert time_message(3.0, 3, style=None) == ""
     with pytest.raises(ValueError):
         time_message(3.0, 3, style="timestamps")
+
+
+def test_training_clip_rule_matches_hand_computation():
+    """REFERENCE §4.4: 8 s clip at 4 fps, dynamic_fps1, 1..8 frames, clips of 4.
+
+    n_src = 32, seg = 31/8 = 3.875, offsets = 1 + round(3.875·i) = 1, 5, 9, 13, 17, 20, 24, 28 (Python rounds
+    15.5 to 16); first frame at or after start (2 s = frame 8) + offset.
+    """
+    from videochat_flash.video.sampling import training_clip_indices
+
+    indices, duration = training_clip_indices(
+        200, 4.0, 2.0, 10.0, min_frames=1, max_frames=8, local_num_frames=4
+    )
+    assert duration == 8.0
+    assert indices == [9, 13, 17, 21, 25, 28, 32, 36]
+    # The min bound drops to whole clips when it exceeds the clip's seconds: 6 s clip, min 64 -> 4 frames.
+    indices, _ = training_clip_indices(200, 4.0, 0.0, 6.0, min_frames=64, max_frames=512, local_num_frames=4)
+    assert len(indices) == 4
+    # Non-dynamic types take max_frames.
+    indices, _ = training_clip_indices(200, 4.0, 0.0, 6.0, sample="middle", min_frames=1, max_frames=6)
+    assert len(indices) == 6
+
+
+def test_load_video_training_clip_rule(tmp_path):
+    from videochat_flash.video import load_video
+
+    from .conftest import write_test_video
+
+    path = write_test_video(tmp_path / "v.mp4", seconds=12, fps=4)
+    train = load_video(
+        str(path), 8, min_frames=1, local_num_frames=4, start=2.0, end=10.0, clip_rule="training"
+    )
+    assert train.indices == [9, 13, 17, 21, 25, 28, 32, 36]
+    assert train.duration == 8.0
+    infer = load_video(str(path), 8, min_frames=1, local_num_frames=4, start=2.0, end=10.0)
+    assert infer.indices != train.indices  # the inference rule samples segment middles instead

@@ -497,7 +497,8 @@ def load_video_frames(
         time_message_style=sampling.time_msg,
     )
     if conv.start is not None:
-        kwargs.update(start=conv.start, end=conv.end)
+        # Annotated clips follow the original training loader's clip reader (§4.4), not the inference rules.
+        kwargs.update(start=conv.start, end=conv.end, clip_rule="training")
     if sampling.decode_size:
         kwargs["size"] = sampling.decode_size
     if sampling.sample_type == "rand" and seed is not None:

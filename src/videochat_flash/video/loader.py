@@ -28,6 +28,7 @@ from .sampling import (
     image_dir_indices,
     sample_frame_indices,
     time_message,
+    training_clip_indices,
 )
 from .sources import Source, resolve_source
 from .types import Clip, DecodedFrame, LoadedVideo, SamplingPlan, VideoInfo
@@ -114,8 +115,13 @@ def plan(
     end: float | None = None,
     seed: int | None = None,
     time_message_style: str | None = "short",
+    clip_rule: str = "inference",
 ) -> SamplingPlan:
-    """Apply the original's rules for ``info.kind`` (REFERENCE §4.1–§4.4). Raises ValueError on an empty plan."""
+    """Apply the original's rules for ``info.kind`` (REFERENCE §4.1–§4.4). Raises ValueError on an empty plan.
+
+    ``clip_rule``: how a ``start``/``end`` window is sampled — ``"inference"`` (the decord loader, §4.2/§4.3)
+    or ``"training"`` (the original training loader's clip reader, §4.4).
+    """
     record: dict[str, Any] = {
         "reader": info.kind,
         "sample": sample,
@@ -149,6 +155,20 @@ def plan(
         indices = sample_frame_indices(info.num_frames, info.fps, **kwargs)
         duration = info.num_frames / info.fps
         record["num_video_frames"] = info.num_frames
+    elif clip_rule == "training":
+        clip_start = max(0.0, float(start or 0.0))
+        clip_end = float(end) if end is not None else info.duration
+        indices, duration = training_clip_indices(
+            info.num_frames,
+            info.fps,
+            clip_start,
+            clip_end,
+            sample=sample,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            local_num_frames=local_num_frames,
+        )
+        record.update(num_video_frames=info.num_frames, clip=[clip_start, clip_end], clip_rule="training")
     else:
         window = clip_window(info.duration, info.fps, start, end)
         indices = [
@@ -351,6 +371,7 @@ def load_video(
     autorotate: bool = True,
     threads: int = 0,
     timeout_s: float | None = None,
+    clip_rule: str = "inference",
 ) -> LoadedVideo:
     """Sample and decode frames the way the original inference loader does (REFERENCE §4.3), in bounded memory.
 
@@ -373,6 +394,7 @@ def load_video(
             end=end,
             seed=seed,
             time_message_style=time_message_style,
+            clip_rule=clip_rule,
         ),
         size=size,
         fps=fps,

@@ -9,6 +9,7 @@ decord reader does, ``image_dir_indices`` reproduces the quirks of the frame-fol
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,6 +175,48 @@ def clip_window(duration: float, fps: float, start: float | None, end: float | N
             f"clip [{start}, {end}] s holds no frame of a {duration:.2f} s video (resolved to [{start_s}, {end_s:.2f}])"
         )
     return ClipWindow(start=start_s, end=end_s, num_frames=num_frames, start_index=int(start_s * fps))
+
+
+def training_clip_indices(
+    num_video_frames: int,
+    fps: float,
+    start: float,
+    end: float,
+    *,
+    sample: str = "dynamic_fps1",
+    min_frames: int = 1,
+    max_frames: int = 8,
+    local_num_frames: int = 4,
+) -> tuple[list[int], float]:
+    """Frames of an annotated clip as the original *training* loader picks them (REFERENCE §4.4 ``lazy``).
+
+    Count: the min bound drops to whole clips when it exceeds the clip's seconds; ``dynamic_fps1`` takes
+    ``L·int(dur // L)`` (or L), capped by max then raised to min; other types take ``max_frames``. Frames: over
+    ``n_src = int(end − start)·fps`` source frames, offsets ``⌊seg/2⌋ + round(seg·i)`` with
+    ``seg = (n_src − 1) / n``; each offset becomes a time after ``start`` and the first frame at or after that
+    time is taken. Returns (source frame indices, clip duration).
+    """
+    _require_positive_fps(fps)
+    duration = float(end) - float(start)
+    if duration <= 0:
+        raise ValueError(f"clip [{start}, {end}] s is empty")
+    lower = min_frames
+    if lower > duration:
+        lower = int(duration // local_num_frames) * local_num_frames
+    if sample == "dynamic_fps1":
+        k = int(duration // local_num_frames)
+        count = max(min(local_num_frames * k if k else local_num_frames, max_frames), lower)
+        if count % local_num_frames:
+            raise ValueError(f"dynamic_fps1 frame count {count} is not a multiple of {local_num_frames}")
+    else:
+        count = max_frames
+    n_src = int(duration) * fps
+    seg = (n_src - 1) / count
+    offsets = [int(seg // 2) + int(round(seg * i)) for i in range(count)]
+    first = float(start) * fps
+    last = max(num_video_frames - 1, 0)
+    indices = [min(last, max(0, math.ceil(first + off - 1e-6))) for off in offsets]
+    return indices, duration
 
 
 # --------------------------------------------------------------------------------------- frame folders (img)
