@@ -14,15 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import REFERENCE, require_fixtures
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-)
+from videochat_flash.model.loading import TOKENIZER_FILES  # noqa: E402
 
 # A tiny Qwen2 + UMT: 32 px frames cut into 4 px patches (64 per frame), so a 4-frame clip (256 tokens) merges
 # to 64 and an image tile keeps its 64 tokens.

@@ -10,12 +10,11 @@ original wrote, including the ones we only pass through.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("videochat_flash_qwen", "llava_qwen", "llava_qwen_flash")
 SUPPORTED_COMPRESS_TYPES = ("attention", "uniform", "uniform0_attention", "uniform1_attention")
@@ -187,16 +186,7 @@ class VideoChatFlashConfig:
     # ------------------------------------------------------------------ reading
     @classmethod
     def from_json_file(cls, path: str | Path) -> VideoChatFlashConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "config file"))
 
     @classmethod
     def from_dict(cls, data: dict) -> VideoChatFlashConfig:

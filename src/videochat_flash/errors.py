@@ -11,3 +11,20 @@ class ConfigError(VideoChatFlashError, ValueError):
 
 class CheckpointError(VideoChatFlashError):
     """A checkpoint directory is missing files, keys, or has tensors of the wrong shape."""
+
+
+def read_json_object(path, what: str) -> dict:
+    """Read a JSON file that must hold an object; every failure is a `ConfigError` naming ``what`` and the path."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return data

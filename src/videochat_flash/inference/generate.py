@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config import CompressionConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, read_json_object
 from ..model.kv_cache import KVCache
 
 # transformers' GenerationConfig defaults, used for keys a generation_config.json leaves out.
@@ -43,15 +43,7 @@ class GenerationConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> GenerationConfig:
         """Read a HF ``generation_config.json``; missing keys take transformers' defaults (top_k 50!)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"generation config not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"generation config {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"generation config {path} must hold a JSON object")
+        data = read_json_object(path, "generation config")
         known = {k: v for k, v in data.items() if k in _FILE_KEYS}
         return cls().merged({**HF_DEFAULTS, **known})
 
