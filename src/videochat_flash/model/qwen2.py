@@ -82,11 +82,14 @@ class Attention(nn.Module):
             past = cache.lengths[layer_idx]
             k, v = cache.append(layer_idx, k, v)
         groups = self.n_heads // self.n_kv
+        if mask is None and t == 1:
+            # One new token sees the whole cache (no mask): fold each KV head's query group into the query
+            # axis, so the cache is read in place instead of being copied `groups` times per step.
+            out = F.scaled_dot_product_attention(q.view(b, self.n_kv, groups, self.head_dim), k, v)
+            return self.o_proj(out.reshape(b, 1, -1))
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         if mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif t == 1:  # one new token sees the whole cache: no mask needed
-            out = F.scaled_dot_product_attention(q, k, v)
         elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # a chunk after cached tokens: causal with an offset (is_causal aligns top-left, wrong here)
