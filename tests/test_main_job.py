@@ -304,3 +304,14 @@ def test_stream_over_growing_file(model, tmp_path):
             session.update(wait=0.2)
         assert session.num_clips == 4  # 16 frames at 1 per second -> 4 clips
         assert session.tokens().timestamps[-1] > early_last
+
+
+def test_stream_over_url_needs_permission(model, small_video):
+    url = "file://" + str(small_video)
+    with pytest.raises(Exception, match="allow_url"):
+        with model.stream(url) as session:
+            session.wait_until_finished(10)
+    with model.stream(url, allow_url=True) as session:
+        session.wait_until_finished(20)
+        assert session.finished and session.num_clips == 3  # 12 s at 1 frame per second
+        assert session.tokens().timestamps[0] == 0.0

@@ -63,6 +63,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def default_clip_batch_size(model: VideoChatFlash) -> int:
+    """Clips encoded per forward: 8 on CPU; on CUDA as many as a quarter of the free memory holds (max 64).
+
+    Per clip the encoder keeps about 16 activations of [frames·patches, width] alive in one block plus the
+    attention of SDPA's fused kernel, so ~16·tokens·width·bytes is a generous per-clip estimate.
+    """
+    if model.device.type != "cuda":
+        return 8
+    free, _ = torch.cuda.mem_get_info(model.device)
+    vision = model.config.vision
+    per_clip = 16 * vision.num_frames * vision.tokens_per_frame * vision.hidden_size * model.dtype.itemsize
+    return int(max(1, min(64, free // 4 // per_clip)))
+
+
 @dataclass
 class MultimodalSample:
     """One training sample: ids with at most one −200 placeholder, labels, and the pixels behind it."""
@@ -159,7 +173,9 @@ class VideoChatFlash(nn.Module):
         model.reset_buffers()
         loading.load_state(model, state, source=str(directory))
         model.name_or_path = str(path_or_id)
-        return model.to(dtype=resolve_dtype(dtype, device)).eval()
+        model = model.to(dtype=resolve_dtype(dtype, device)).eval()
+        model.clip_batch_size = default_clip_batch_size(model)
+        return model
 
     def reset_buffers(self) -> None:
         """Recompute non-persistent buffers (position tables, RoPE) after building on the meta device."""
