@@ -7,10 +7,11 @@ question and chat turn. `chat` keeps the original's prompt and history format.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,17 +93,6 @@ def content_hash(video) -> str | None:
     if _is_frames(video):
         return hash_bytes(np.ascontiguousarray(np.asarray(video)).tobytes())
     return None
-
-
-def _batches(clips: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for clip in clips:
-        batch.append(clip)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def encode_video(
@@ -188,7 +178,7 @@ def _encode_sampled(
     iterator = iter(clips)
     while True:
         with timings.measure("decode_video"):
-            batch = list(_take(iterator, model.clip_batch_size))
+            batch = list(itertools.islice(iterator, model.clip_batch_size))
         if not batch:
             break
         with timings.measure("encode"):
@@ -212,14 +202,6 @@ def _encode_sampled(
         frames_per_clip=model.config.frames_per_clip,
         sampling=dict(settings),
     )
-
-
-def _take(iterator: Iterator, n: int) -> Iterator:
-    for _ in range(n):
-        try:
-            yield next(iterator)
-        except StopIteration:
-            return
 
 
 def _progress(enabled: bool, **kwargs):
