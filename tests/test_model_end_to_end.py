@@ -185,3 +185,12 @@ def test_auto_device_and_dtype(monkeypatch):
         with pytest.raises(ValueError, match="no CUDA GPU"):
             videochat.resolve_device("cuda")
     assert videochat.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_prompt_longer_than_the_model_limit_is_a_clear_error(tmp_path):
+    directory = build_tiny_checkpoint(tmp_path / "tiny", seed=1, max_length=100)
+    model = VideoChatFlash.from_pretrained(directory)
+    visual = model.encode_frames(np.zeros((8, 16, 16, 3), dtype=np.uint8))  # 128 visual tokens > 100
+    prompt, _ = build_chat_prompt("What is shown?")
+    with pytest.raises(ValueError, match="tokenizer_model_max_length 100; use fewer frames"):
+        model.generate(prompt, visual, max_new_tokens=2)

@@ -327,7 +327,13 @@ class VideoChatFlash(nn.Module):
             generation, max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling
         )
         embeds, span = self.embed_with_visual(tokenizer.encode_with_image(prompt), visual)
-        embeds = embeds[: self._truncate(embeds.shape[0])]
+        limit = self._truncate(embeds.shape[0])
+        if limit < embeds.shape[0]:
+            # The original silently truncates, which cuts the question (or part of the video) off the prompt.
+            raise ValueError(
+                f"the prompt is {embeds.shape[0]} tokens, more than the model's tokenizer_model_max_length "
+                f"{limit}; use fewer frames (--max-frames / max_num_frames)"
+            )
         if compression is None and self.config.compression.enabled:
             compression = self.config.compression
         if compression is not None and not compression.enabled:
