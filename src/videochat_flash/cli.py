@@ -339,42 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_video_options(p)
     p.set_defaults(func=cmd_info)
 
-    _mount_optional(sub)
+    _mount_tools(sub)
     return parser
 
 
-def _mount_optional(sub) -> None:
-    """Sub-commands that live in their own packages (train, data, eval, flops)."""
-    try:
-        from .train import cli as train_cli
-    except ImportError:
-        train_cli = None
-    if train_cli is not None:
-        p = sub.add_parser("train", help="train a model from a recipe YAML")
-        train_cli.add_arguments(p)
-        p.set_defaults(func=train_cli.run)
-    try:
-        from .data import synth
-    except ImportError:
-        synth = None
-    if synth is not None:
-        data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
-        p = data.add_parser("synth", help="generate synthetic videos + annotations")
-        synth.add_arguments(p)
-        p.set_defaults(func=synth.run)
+def _mount_tools(sub) -> None:
+    """Sub-commands that live in their own packages: train, demo, data synth, eval *, flops."""
+    from .data import synth
+    from .eval import cli as eval_cli
+    from .train import cli as train_cli
     from .train import demo
 
-    p = sub.add_parser(
-        "demo", help="build the bundled demo model: synthetic data, tokenizer, 5 stages, evaluation"
-    )
-    demo.add_arguments(p)
-    p.set_defaults(func=demo.run)
-    try:
-        from .eval import cli as eval_cli
-    except ImportError:
-        eval_cli = None
-    if eval_cli is not None:
-        eval_cli.add_commands(sub)
+    for name, module, help_text in (
+        ("train", train_cli, "train a model from a recipe YAML"),
+        ("demo", demo, "build the bundled demo model: synthetic data, tokenizer, 5 stages, evaluation"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="generate synthetic videos + annotations")
+    synth.add_arguments(p)
+    p.set_defaults(func=synth.run)
+    eval_cli.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
