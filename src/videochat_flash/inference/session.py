@@ -165,7 +165,7 @@ def _encode_sampled(
         allow_url=allow_url,
     )
     with timings.measure("decode_video"):
-        plan = vid.plan_sampling(source, settings["max_frames"], **kwargs)
+        # Opening indexes the file once; the plan (frame count, duration) comes with the clip stream.
         clips = vid.iter_clips(
             source,
             settings["max_frames"],
@@ -173,6 +173,7 @@ def _encode_sampled(
             size=model.config.image_size,
             **kwargs,
         )
+        plan = clips.plan
     chunks, timestamps, indices = [], [], []
     bar = _progress(progress, total=len(plan.indices), desc="encode video", unit="frame")
     iterator = iter(clips)
