@@ -257,7 +257,6 @@ def cmd_info(args) -> int:
     config = VideoChatFlashConfig.from_json_file(
         resolve_checkpoint(args.model or default_model()) / CONFIG_FILE
     )
-    info = vid.probe_video(args.video, allow_url=args.allow_url)
     media = media_from_args(args) or {}
     plan = vid.plan_sampling(
         args.video,
@@ -268,6 +267,7 @@ def cmd_info(args) -> int:
         end=media.get("end"),
         allow_url=args.allow_url,
     )
+    info = plan.info  # the header facts come with the plan: the file is opened once
     frames = len(plan.indices)
     patches = frames * config.vision.tokens_per_frame
     merged = frames * config.projector.tokens_per_frame
