@@ -354,7 +354,9 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "",
         "```bash",
         f"videochat-flash demo --out models/videochat-flash-demo --seed {report['seed']}",
-        "videochat-flash eval synth --model models/videochat-flash-demo --seed 1000 --num-samples 60 --json",
+        "videochat-flash eval synth --model models/videochat-flash-demo --seed 1000 --num-samples 60 --size "
+        f"{DATA['size']} --short-seconds {DATA['short_seconds'][0]},{DATA['short_seconds'][1]} --long-seconds "
+        f"{DATA['long_seconds'][0]},{DATA['long_seconds'][1]} --max-new-tokens 24 --json",
         "```",
         "",
         f"Training wall time: {(report['train_seconds'] or 0) / 60:.1f} min (data generation included), 1 torch thread + "
