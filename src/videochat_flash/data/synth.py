@@ -595,18 +595,8 @@ def _pair(text: str) -> tuple[float, float]:
     return float(parts[0]), float(parts[1])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``videochat-flash data synth``."""
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--stage", default="all", choices=["all", *STAGES], help="which mixture(s) to build")
-    parser.add_argument(
-        "--num-samples", type=int, default=DEFAULTS["num_samples"], help="short videos (default 800)"
-    )
-    parser.add_argument("--num-long", type=int, default=None, help="long videos (default num-samples/4)")
-    parser.add_argument(
-        "--num-niah", type=int, default=None, help="needle-in-a-haystack videos (default num-samples/8)"
-    )
+def add_video_options(parser: argparse.ArgumentParser) -> None:
+    """How generated videos look: frame size, rate, short/long lengths, needle length (data and eval synth)."""
     parser.add_argument(
         "--size", type=int, default=DEFAULTS["size"], help="frame side in pixels (default 128)"
     )
@@ -631,6 +621,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=DEFAULTS["needle_seconds"],
         help="how long the NIAH needle is shown (default 4)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``videochat-flash data synth``."""
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--stage", default="all", choices=["all", *STAGES], help="which mixture(s) to build")
+    parser.add_argument(
+        "--num-samples", type=int, default=DEFAULTS["num_samples"], help="short videos (default 800)"
+    )
+    parser.add_argument("--num-long", type=int, default=None, help="long videos (default num-samples/4)")
+    parser.add_argument(
+        "--num-niah", type=int, default=None, help="needle-in-a-haystack videos (default num-samples/8)"
+    )
+    add_video_options(parser)
     parser.add_argument(
         "--haystack",
         default="synthetic",

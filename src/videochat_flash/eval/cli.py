@@ -34,13 +34,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _pair(text: str) -> tuple[float, float]:
-    values = _floats(text)
-    if len(values) != 2:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX, got {text!r}")
-    return values
-
-
 def _compression(args, num_layers: int = 28):
     """``--compress*`` options, else compression explicitly off (as the original harness forces, §8), so a
     checkpoint whose config enables ``mm_llm_compress`` is still evaluated without it."""
@@ -279,6 +272,7 @@ def cmd_flops(args) -> int:
 def add_commands(sub) -> None:
     """Add ``eval {bench,synth,niah,niah-build}`` and ``flops`` to the top-level sub-parsers."""
     from ..cli import add_model_options
+    from ..data import synth
     from .bench import BENCHMARKS
 
     ev = sub.add_parser("eval", help="benchmarks, synthetic evaluation, needle-in-a-haystack")
@@ -312,11 +306,7 @@ def add_commands(sub) -> None:
     p.add_argument("--predictions", default=None, help="write every scored record to this JSONL")
     p.add_argument("--max-frames", type=int, default=512)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--size", type=int, default=128, help="frame side of the generated videos (default 128)")
-    p.add_argument("--fps", type=float, default=4.0, help="frame rate of the generated videos (default 4)")
-    p.add_argument("--short-seconds", type=_pair, default=(4.0, 16.0), metavar="MIN,MAX")
-    p.add_argument("--long-seconds", type=_pair, default=(16.0, 64.0), metavar="MIN,MAX")
-    p.add_argument("--needle-seconds", type=float, default=4.0)
+    synth.add_video_options(p)
     p.add_argument(
         "--niah-lengths", type=_floats, default=None, help="haystack seconds (default 1,2,4,8 x longest)"
     )
