@@ -12,8 +12,16 @@ import yaml
 
 from videochat_flash.data import synth
 from videochat_flash.data.scoring import extract_letter, iou, parse_interval, score_mc, summarize
-from videochat_flash.data.shapes import NEEDLE_BACKGROUND, PALETTE, object_position
-from videochat_flash.data.tasks import LETTERS, MC_TASKS
+from videochat_flash.data.shapes import (
+    COLORS,
+    DIRECTIONS,
+    NEEDLE_BACKGROUND,
+    NEEDLE_COLORS,
+    PALETTE,
+    SHAPES,
+    object_position,
+)
+from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS
 
 TINY = dict(
     num_samples=3,
@@ -116,6 +124,18 @@ def test_layout_yaml_and_manifest(data):
         assert float(s.average_rate) == 4
 
 
+# Each question type lists its whole answer vocabulary, always in the same order.
+VOCABULARY = {
+    "mc_color": COLORS,
+    "mc_order": COLORS,
+    "mc_shape": SHAPES,
+    "mc_direction": DIRECTIONS,
+    "mc_count": COUNTS,
+    "shape": SHAPES,
+    "color": NEEDLE_COLORS,
+}
+
+
 def test_records_well_formed(data, records):
     tasks = {r["task"] for r in records}
     assert {"caption", "grounding", "niah", *MC_TASKS} <= tasks
@@ -127,7 +147,7 @@ def test_records_well_formed(data, records):
         assert human["value"] == "<image>\n" + r["prompt"] and gpt["value"] == r["answer"]
         if "answer_letter" in r:
             opts, k = r["options"], r["answer_index"]
-            assert len(opts) == len(set(opts)) == 4
+            assert opts == list(VOCABULARY[r["task"] if r["task"] != "niah" else r["needle"]["question"]])
             assert r["answer_letter"] == LETTERS[k] and r["answer"] == f"({LETTERS[k]}) {opts[k]}"
             assert r["prompt"].startswith("Question: ") and r["prompt"].endswith(
                 "\n\nOnly give the best option."
@@ -161,6 +181,7 @@ def test_synthetic_records_mention_correct_answer(records):
             target = objs[r["target"]]["start"]
             assert target == (max(starts) if "last" in r["question"] else min(starts))
             assert starts.count(target) == 1
+            assert r["options"][r["answer_index"]] == objs[r["target"]]["color"]
 
 
 # ------------------------------------------------------------------------------- pixels match answers

@@ -1,6 +1,6 @@
 """Synthetic scenes of moving shapes: sampling (from a numpy Generator) and rendering (pure numpy).
 
-A `Scene` is a textured, low-contrast background plus `SceneObject`s. Each object has a shape, a colour
+A `Scene` is a textured, mid-grey background plus `SceneObject`s. Each object has a shape, a colour
 from a small saturated palette, a size, a motion direction and a visibility window ``[start, end)`` in
 seconds; it moves in a straight line at constant speed while visible. Frame ``i`` shows time ``i / fps``.
 Objects of one scene never overlap on screen (rejection sampling), and in scenes meant for questions every
@@ -24,15 +24,13 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "green": (30, 200, 40),
     "blue": (40, 80, 255),
     "yellow": (240, 220, 20),
-    "magenta": (230, 40, 230),
-    "cyan": (20, 220, 230),
     "white": (245, 245, 245),
 }
 COLORS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 # Radius of the circumscribed circle as a fraction of the frame side.
-SIZES: dict[str, float] = {"small": 0.10, "big": 0.15}
+SIZES: dict[str, float] = {"small": 0.14, "big": 0.20}
 NEEDLE_RADIUS = 0.36
 NEEDLE_BACKGROUND = (235, 235, 235)
 NEEDLE_COLORS: tuple[str, ...] = tuple(c for c in COLORS if c != "white")
@@ -192,8 +190,13 @@ def _bilinear_upsample(grid: np.ndarray, size: int) -> np.ndarray:
 
 
 def make_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Dark, low-saturation, low-contrast texture: a base tint, smooth blobs and fine static grain."""
-    base = rng.uniform(35, 80) + rng.uniform(-12, 12, size=3)
+    """Mid-grey, low-saturation texture: a base tint, smooth blobs and fine static grain.
+
+    Mid-grey (not dark) because the encoder normalises pixels with the ImageNet mean (~0.45): a dark frame maps
+    every background patch to the same large negative vector, which swamps the objects in a ViT trained from
+    scratch; around the mean, patches differ by their content.
+    """
+    base = rng.uniform(85, 145) + rng.uniform(-12, 12, size=3)
     coarse = rng.uniform(-1, 1, size=(int(rng.integers(3, 7)), int(rng.integers(3, 7)), 1)) * rng.uniform(
         8, 16
     )

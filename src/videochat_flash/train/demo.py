@@ -29,7 +29,7 @@ DATA = dict(
     num_long=240,
     num_niah=160,
     size=64,
-    fps=4.0,
+    fps=1.0,  # one frame a second: `chat`'s sampling (min 64 frames) then sees what training saw
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
@@ -355,7 +355,7 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "```bash",
         f"videochat-flash demo --out models/videochat-flash-demo --seed {report['seed']}",
         "videochat-flash eval synth --model models/videochat-flash-demo --seed 1000 --num-samples 60 --size "
-        f"{DATA['size']} --short-seconds {DATA['short_seconds'][0]},{DATA['short_seconds'][1]} --long-seconds "
+        f"{DATA['size']} --fps {DATA['fps']:g} --short-seconds {DATA['short_seconds'][0]},{DATA['short_seconds'][1]} --long-seconds "
         f"{DATA['long_seconds'][0]},{DATA['long_seconds'][1]} --max-new-tokens 24 --json",
         "```",
         "",

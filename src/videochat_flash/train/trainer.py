@@ -247,6 +247,7 @@ def build_model(recipe: Recipe, sources: ModelSources, device: str = "cpu", resu
     """The model with its initial weights: a resumed checkpoint, a previous stage, or base LLM + UMT + projector."""
     from ..inference.generate import GenerationConfig
     from ..model import loading
+    from ..model.init import init_weights_
     from ..model.videochat import VideoChatFlash
 
     config = build_config(recipe, sources)
@@ -264,6 +265,7 @@ def build_model(recipe: Recipe, sources: ModelSources, device: str = "cpu", resu
     elif sources.init_dir is not None:
         loading.load_state(model, loading.read_safetensors(sources.init_dir), source=str(sources.init_dir))
     else:
+        init_weights_(model)  # parts without a pretrained source are trained from scratch
         if sources.llm_dir is not None:
             ckpt.load_base_llm(model, sources.llm_dir)
         if sources.vision_weights is not None:
