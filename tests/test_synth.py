@@ -19,6 +19,7 @@ from videochat_flash.data.shapes import (
     NEEDLE_COLORS,
     PALETTE,
     SHAPES,
+    SIZES,
     object_position,
 )
 from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS
@@ -27,6 +28,7 @@ TINY = dict(
     num_samples=3,
     num_long=2,
     num_niah=2,
+    num_single=2,
     size=64,
     fps=4,
     short_seconds=(4, 6),
@@ -100,7 +102,7 @@ def test_same_seed_same_data_different_seed_differs(data, tmp_path):
 
 def test_layout_yaml_and_manifest(data):
     manifest = json.loads((data / "manifest.json").read_text())
-    assert manifest["videos"] == {"short": 3, "long": 2, "niah": 2}
+    assert manifest["videos"] == {"single": 2, "short": 3, "long": 2, "niah": 2}
     for stage in synth.STAGES:
         mix = yaml.safe_load((data / f"{stage}.yaml").read_text())
         assert mix["datasets"], stage
@@ -165,6 +167,18 @@ def test_records_well_formed(data, records):
             names = [f"{o['color']} {o['shape']}" for o in r["meta"]["objects"]]
             positions = [r["answer"].index(n) for n in names]
             assert positions == sorted(positions)  # order of appearance
+
+
+def test_curriculum_pool_has_one_bigger_shape(data, records):
+    single = [r for r in records if r["pool"] == "single"]
+    assert {r["task"] for r in single} == {"caption", "mc_color", "mc_shape", "mc_direction"}
+    for r in single:
+        (obj,) = r["meta"]["objects"]
+        assert obj["radius"] == round(SIZES[obj["size"]] * synth.SINGLE_SCALE * r["meta"]["size"])
+    stage0 = yaml.safe_load((data / "stage0.yaml").read_text())["datasets"]
+    assert {Path(e["json_path"]).name for e in stage0} == {
+        f"single_{t}.jsonl" for t in ("caption", "mc_color", "mc_shape", "mc_direction")
+    }
 
 
 def test_synthetic_records_mention_correct_answer(records):

@@ -256,6 +256,7 @@ def sample_scene(
     num_objects: int,
     kind: str = "short",
     unique: bool = True,
+    scale: float = 1.0,
 ) -> Scene:
     """Sample a scene.
 
@@ -264,6 +265,7 @@ def sample_scene(
     the whole video with distinct start times (gap ≥ 2 s). With ``unique`` every object has its own colour
     and its own shape (at most ``len(SHAPES)`` objects). Objects that cannot be placed without overlapping
     the others (60 tries, 4 layouts) are dropped, so ``len(scene.objects)`` may be below ``num_objects``.
+    ``scale`` multiplies the object radii (the curriculum's first scenes use bigger shapes).
     """
     background = make_background(rng, size)
     if unique:
@@ -287,7 +289,7 @@ def sample_scene(
 
     best: list[SceneObject] = []
     for _ in range(4):  # whole-layout retries keep the object count (and thus counts) as requested
-        objects = _layout(rng, shapes, colors, starts, duration, fps, size, kind)
+        objects = _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale)
         if len(objects) > len(best):
             best = objects
         if len(best) == num_objects:
@@ -296,7 +298,7 @@ def sample_scene(
     return Scene(duration=float(duration), fps=float(fps), size=size, objects=best, background=background)
 
 
-def _layout(rng, shapes, colors, starts, duration, fps, size, kind) -> list[SceneObject]:
+def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale=1.0) -> list[SceneObject]:
     max_len = min(16.0, max(4.0, duration / 2))
     objects: list[SceneObject] = []
     for shape, color, start in zip(shapes, colors, starts, strict=True):
@@ -312,7 +314,7 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind) -> list[Scen
         # direction and size are drawn once (retrying them would favour parallel motions / small shapes)
         direction = DIRECTIONS[int(rng.integers(0, 4))]
         size_name = "big" if rng.random() < 0.5 else "small"
-        radius = max(3, int(round(SIZES[size_name] * size)))
+        radius = max(3, int(round(SIZES[size_name] * scale * size)))
         for attempt in range(60):
             x0, y0, x1, y1 = _place(rng, size, radius, direction, 1.0 - attempt / 100)
             obj = SceneObject(

@@ -28,6 +28,7 @@ DATA = dict(
     num_samples=1200,
     num_long=240,
     num_niah=160,
+    num_single=1500,
     size=64,
     fps=1.0,  # one frame a second: `chat`'s sampling (min 64 frames) then sees what training saw
     short_seconds=(4, 16),
@@ -96,7 +97,7 @@ def make_data(work: Path, seed: int, scale: float) -> Path:
         _log(f"data exists: {data_dir}")
         return data_dir
     # At tiny scales keep at least one global batch (8) of captions for the caption-only stage 1.
-    floors = {"num_samples": 8, "num_long": 2, "num_niah": 2}
+    floors = {"num_samples": 8, "num_long": 2, "num_niah": 2, "num_single": 8}
     sizes = {k: max(floors[k], int(v * scale)) if k in floors else v for k, v in DATA.items()}
     _log(f"generating synthetic data into {data_dir} ({sizes})")
     generate_dataset(data_dir, seed, stage="all", workers=1, **sizes)
