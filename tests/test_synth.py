@@ -290,6 +290,22 @@ def test_eval_set_grid_and_evaluate(tmp_path):
     assert res["mc_accuracy"] == 0.0 and res["grounding_r@0.5"] == 0.0
 
 
+def test_eval_set_single_shape_videos_are_reported_apart(tmp_path):
+    synth.make_eval_set(
+        tmp_path, 3, 1, size=64, short_seconds=(4, 5), long_seconds=(8, 8), niah_multipliers=(), num_single=2
+    )
+    recs = synth.load_records(tmp_path / "eval.jsonl")
+    single = [r for r in recs if r["task"].startswith("single_")]
+    assert sorted({r["task"] for r in single}) == ["single_mc_color", "single_mc_direction", "single_mc_shape"]
+    assert all(len(r["meta"]["objects"]) == 1 for r in single)
+
+    def only_single_right(rec, video):
+        return rec["answer"] if rec["task"].startswith("single_") else ""
+
+    res = synth.evaluate(tmp_path, only_single_right, progress=False)
+    assert res["per_task"]["single_mc_shape"] == 1.0 and res["mc_accuracy"] == 0.0
+
+
 def test_cli_stage_subset(tmp_path):
     argv = ["--out", str(tmp_path), "--seed", "1", "--stage", "stage1", "--num-samples", "1", "--size", "48"]
     assert synth.main([*argv, "--short-seconds", "4,4", "--quiet"]) == 0

@@ -67,7 +67,17 @@ DEFAULTS = {
 }
 
 _SPLITS = {"train": 0, "eval": 1}
-_POOLS = {"short": 0, "long": 1, "niah": 2, "eval_mc": 3, "eval_niah": 4, "eval_haystack": 5, "single": 6}
+_POOLS = {
+    "short": 0,
+    "long": 1,
+    "niah": 2,
+    "eval_mc": 3,
+    "eval_niah": 4,
+    "eval_haystack": 5,
+    "single": 6,
+    "eval_single": 7,
+}
+_SINGLE_POOLS = ("single", "eval_single")
 # The curriculum's first pool: one shape per video, drawn this much bigger, so a ViT + LLM trained from scratch
 # first learn to find one object and name it before scenes of several smaller ones (measured: on 1–4 object
 # scenes alone the demo's stage 0 stayed at chance on colour and shape after 1,500 steps).
@@ -177,7 +187,7 @@ def _scene_job(job: dict) -> list[dict]:
     rng = _rng(job["seed"], job["split"], job["pool"], job["index"])
     long = job["kind"] == "long"
     duration = _duration(rng, *job["seconds"])
-    if job["pool"] == "single":
+    if job["pool"] in _SINGLE_POOLS:
         n_obj = 1
     else:
         n_obj = int(rng.integers(2, 6)) if long else int(rng.integers(1, 5))
@@ -188,7 +198,7 @@ def _scene_job(job: dict) -> list[dict]:
         size=job["size"],
         num_objects=n_obj,
         kind=job["kind"],
-        scale=SINGLE_SCALE if job["pool"] == "single" else 1.0,
+        scale=SINGLE_SCALE if job["pool"] in _SINGLE_POOLS else 1.0,
     )
     rel = f"videos/{job['pool']}/{job['index']:06d}.mp4"
     write_mp4(Path(job["root"]) / rel, (render_frame(scene, i) for i in range(scene.num_frames)), scene.fps)
@@ -498,6 +508,7 @@ def make_eval_set(
     niah_lengths: tuple[float, ...] | None = None,
     niah_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
     niah_per_cell: int = 1,
+    num_single: int = 0,
     needle_seconds: float = DEFAULTS["needle_seconds"],
     haystack: str = "synthetic",
     workers: int = 1,
@@ -509,6 +520,8 @@ def make_eval_set(
       (colour, shape, count, direction; order when ≥ 2 objects) and one grounding question;
     * NIAH: ``niah_per_cell`` videos per (haystack length, depth); lengths default to ``niah_multipliers`` ×
       ``train_max_seconds`` (default: the long-video maximum, i.e. the longest training video).
+    * ``num_single`` one-big-shape videos (the curriculum pool) asked colour, shape and direction; their
+      tasks are named ``single_mc_color`` etc., so they never enter ``mc_accuracy``.
     Videos come from the "eval" split of the seed space, so they never coincide with training videos.
     """
     _check_params(size, fps, short_seconds, long_seconds)
@@ -546,7 +559,21 @@ def make_eval_set(
                         "haystack": haystack,
                     }
                 )
+    single_jobs = [
+        {
+            **common,
+            "pool": "eval_single",
+            "index": i,
+            "prefix": "eval_single",
+            "kind": "short",
+            "tasks": _SINGLE_QA,
+            "seconds": tuple(short_seconds),
+        }
+        for i in range(num_single)
+    ]
     records = [r for recs in _run_jobs(_scene_job, mc_jobs, workers, "eval_mc", progress) for r in recs]
+    for recs in _run_jobs(_scene_job, single_jobs, workers, "eval_single", progress):
+        records += [{**r, "task": "single_" + r["task"]} for r in recs]
     records += [r for recs in _run_jobs(_niah_job, niah_jobs, workers, "eval_niah", progress) for r in recs]
     path = root / "eval.jsonl"
     _write_jsonl(path, records)
@@ -561,6 +588,7 @@ def make_eval_set(
         "niah_lengths": lengths,
         "niah_depths": [float(d) for d in niah_depths],
         "niah_per_cell": niah_per_cell,
+        "num_single": num_single,
         "needle_seconds": needle_seconds,
         "haystack": haystack,
         "num_records": len(records),

@@ -135,6 +135,7 @@ def cmd_synth(args) -> int:
             short_seconds=args.short_seconds,
             long_seconds=args.long_seconds,
             needle_seconds=args.needle_seconds,
+            num_single=args.num_single,
             workers=args.workers,
             progress=progress,
             **extra,
@@ -306,6 +307,12 @@ def add_commands(sub) -> None:
     p.add_argument("--predictions", default=None, help="write every scored record to this JSONL")
     p.add_argument("--max-frames", type=int, default=512)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--num-single",
+        type=int,
+        default=0,
+        help="also one-big-shape videos (the training curriculum's first pool), scored as single_* tasks",
+    )
     synth.add_video_options(p)
     p.add_argument(
         "--niah-lengths", type=_floats, default=None, help="haystack seconds (default 1,2,4,8 x longest)"

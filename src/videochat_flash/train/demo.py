@@ -34,6 +34,7 @@ DATA = dict(
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
+EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reported as single_* tasks
 SYSTEM_TEXTS = (
     "You are a helpful assistant.",
     "The video lasts for 12.00 seconds, and 12 frames are uniformly sampled from it.",
@@ -314,6 +315,7 @@ def evaluate_demo(model_dir: Path, work: Path, eval_seed: int, num_samples: int,
             short_seconds=DATA["short_seconds"],
             long_seconds=DATA["long_seconds"],
             train_max_seconds=longest,
+            num_single=EVAL_SINGLE,
         )
     cache = TokenCache(work / "token_cache")  # each eval video is encoded once for all its questions
     results = {}
@@ -351,13 +353,24 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "shapes, colours, counts, order, motion direction, when things appear and needles in haystacks — nothing else;",
         "the evaluation below says how much of it the model has actually learned.",
         "",
+        "What it sees: 64 px videos at 1 frame per second (so `chat`'s sampling, at least 64 frames or all of them,",
+        "matches training), five colours (red, green, blue, yellow, white) and five shapes on mid-grey textured",
+        "backgrounds. Multiple-choice questions list the question type's whole answer vocabulary in a fixed order",
+        "(e.g. always `(A) red (B) green (C) blue (D) yellow (E) white`), so a letter names an answer; the model is",
+        "not trained to match shuffled options (its LLM did not learn that skill within the CPU hour).",
+        "",
+        "How it is trained: weights start from N(0, 0.02) (`videochat_flash.model.init`); stage 0 uses a",
+        "curriculum pool of one big shape per video, 4 frames a sample; stage 2 moves to scenes of 1–4 shapes;",
+        "stage 3 adds 16–48 s videos with 2–5 shapes, grounding and needles; stage 4 raises the resolution to 96 px.",
+        "",
         "## Reproduce",
         "",
         "```bash",
         f"videochat-flash demo --out models/videochat-flash-demo --seed {report['seed']}",
         "videochat-flash eval synth --model models/videochat-flash-demo --seed 1000 --num-samples 60 --size "
         f"{DATA['size']} --fps {DATA['fps']:g} --short-seconds {DATA['short_seconds'][0]},{DATA['short_seconds'][1]} --long-seconds "
-        f"{DATA['long_seconds'][0]},{DATA['long_seconds'][1]} --max-new-tokens 24 --json",
+        f"{DATA['long_seconds'][0]},{DATA['long_seconds'][1]} --max-new-tokens 24 "
+        f"--num-single {EVAL_SINGLE} --json",
         "```",
         "",
         f"Training wall time: {(report['train_seconds'] or 0) / 60:.1f} min (data generation included), 1 torch thread + "
