@@ -187,7 +187,8 @@ def _scene_job(job: dict) -> list[dict]:
     rng = _rng(job["seed"], job["split"], job["pool"], job["index"])
     long = job["kind"] == "long"
     duration = _duration(rng, *job["seconds"])
-    if job["pool"] in _SINGLE_POOLS:
+    single = job["pool"] in _SINGLE_POOLS
+    if single:
         n_obj = 1
     else:
         n_obj = int(rng.integers(2, 6)) if long else int(rng.integers(1, 5))
@@ -198,7 +199,7 @@ def _scene_job(job: dict) -> list[dict]:
         size=job["size"],
         num_objects=n_obj,
         kind=job["kind"],
-        scale=SINGLE_SCALE if job["pool"] in _SINGLE_POOLS else 1.0,
+        scale=SINGLE_SCALE if single else 1.0,
     )
     rel = f"videos/{job['pool']}/{job['index']:06d}.mp4"
     write_mp4(Path(job["root"]) / rel, (render_frame(scene, i) for i in range(scene.num_frames)), scene.fps)
