@@ -16,6 +16,7 @@ def test_tiny_end_to_end_pipeline(tmp_path):
     out = build_demo(tmp_path / "model", tmp_path / "work", seed=3, scale=0.004, evaluate=False)
     report = json.loads((out / "training_report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == [
+        "stage0_vision",
         "stage0_scratch",
         "stage1_connector",
         "stage2_short",

@@ -178,7 +178,7 @@ def test_curriculum_pool_has_one_bigger_shape(data, records):
     stage0 = yaml.safe_load((data / "stage0.yaml").read_text())["datasets"]
     assert {Path(e["json_path"]).name for e in stage0} == {
         f"single_{t}.jsonl" for t in ("caption", "mc_color", "mc_shape", "mc_direction")
-    }
+    } | {"short_caption.jsonl"} | {f"short_{t}.jsonl" for t in MC_TASKS}
 
 
 def test_synthetic_records_mention_correct_answer(records):

@@ -193,10 +193,9 @@ def _tiny_umt(path: Path) -> Path:
             select_layer=-1,
         )
     )
-    state = {}
-    for k, t in enc.state_dict().items():
-        k = k.replace("vision_layernorm.", "norm.")
-        state["encoder." + k] = t.clone()
+    from videochat_flash.train.vision_pretrain import umt_state_dict
+
+    state = umt_state_dict(enc)
     state["decoder.head.weight"] = torch.zeros(2, 2)
     torch.save({"model": state}, path)
     return path

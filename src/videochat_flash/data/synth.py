@@ -90,7 +90,8 @@ _SINGLE_TASKS = ("caption", *_SINGLE_QA)
 _STAGE3 = [("short", t) for t in _SHORT_TASKS] + [("long", t) for t in _SHORT_TASKS] + [("niah", "niah")]
 # stage -> (pool, task) annotation files in the mixture
 STAGES: dict[str, list[tuple[str, str]]] = {
-    "stage0": [("single", t) for t in _SINGLE_TASKS],
+    # stage 0 reads a pre-trained tower (the demo's dense vision pre-training): one-shape and short scenes at once
+    "stage0": [("single", t) for t in _SINGLE_TASKS] + [("short", "caption")] + [("short", t) for t in MC_TASKS],
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,

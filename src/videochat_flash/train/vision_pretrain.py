@@ -1,0 +1,268 @@
+"""Dense supervised pre-training of the UMT tower on synthetic clips (the demo model's stand-in for UMT's own
+pre-training, which distils CLIP on millions of real videos).
+
+Linear heads on the tower's output tokens predict each patch's colour, shape, motion and onset, and a head on
+the mean token predicts how many objects the clip shows (`videochat_flash.data.dense`). Clips are rendered in
+memory, never repeat, and alternate between the resolutions the later stages use (64 px, then 96 px in the
+high-resolution stage), whose position tables are both interpolated from the same sinusoid.
+
+The output is a UMT ``.pt`` (``encoder.*`` keys, as the released UMT-L file) that a recipe loads with
+``model.vision_weights``; the heads are thrown away. A metrics JSON beside it records the held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import UMTConfig
+from ..data.dense import MAX_COUNT, PATCH_HEADS, DenseClip, patch_labels, sample_dense_clips
+from ..model.init import init_weights_
+from ..model.preprocess import preprocess_frames
+from ..model.umt import UMTEncoder, video_position_table
+from .trainer import WarmupSchedule
+
+
+@dataclass
+class VisionPretrainConfig:
+    steps: int = 1500
+    batch_size: int = 32
+    clips_per_scene: int = 4  # clips of one scene in a batch (scene sampling is the costly part)
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    frame_size: int = 64  # rendered frame side (the synthetic videos' size)
+    image_sizes: tuple[int, ...] = (64, 64, 64, 96)  # encoder input sizes, cycled per step (96 px costs 4x)
+    needle_prob: float = 0.1
+    seed: int = 0
+    eval_clips: int = 256
+    log_every: int = 50
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"count": 0.5})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> VisionPretrainConfig:
+        """The ``vision_pretrain:`` section of a recipe YAML (unknown fields are an error), then ``overrides``."""
+        import yaml
+
+        section = dict((yaml.safe_load(Path(path).read_text()) or {}).get("vision_pretrain") or {})
+        section.update(overrides)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown vision_pretrain field(s) {unknown}; known: {sorted(known)}")
+        if "image_sizes" in section:
+            section["image_sizes"] = tuple(int(s) for s in section["image_sizes"])
+        return cls(**section)
+
+
+class DenseHeads(nn.Module):
+    """One linear classifier per patch head, and a count classifier on the mean token."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.patch = nn.ModuleDict({name: nn.Linear(dim, len(classes)) for name, classes in PATCH_HEADS.items()})
+        self.count = nn.Linear(dim, MAX_COUNT)
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {name: head(tokens) for name, head in self.patch.items()}
+        out["count"] = self.count(tokens.mean(dim=1))
+        return out
+
+
+def make_batch(
+    clips: list[DenseClip], image_size: int, patch: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Pixels `[B, T, 3, S, S]` (the model's own preprocessing) and labels (`[B, T*g*g]` per patch head, `[B]`)."""
+    pixels = torch.stack([preprocess_frames(c.frames, image_size) for c in clips])
+    per_clip = [patch_labels(c, image_size, patch) for c in clips]
+    labels = {name: torch.from_numpy(np.stack([p[name].reshape(-1) for p in per_clip])) for name in PATCH_HEADS}
+    labels["count"] = torch.tensor([c.count for c in clips])
+    return pixels, labels
+
+
+def dense_losses(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per head: mean CE over object patches + mean CE over background patches (objects cover ~10% of a frame,
+    so a plain mean would let "background" dominate); count: plain CE."""
+    out = {}
+    for name in PATCH_HEADS:
+        ce = F.cross_entropy(logits[name].flatten(0, 1), labels[name].flatten(), reduction="none")
+        fg = labels[name].flatten() > 0
+        fg_loss = ce[fg].mean() if fg.any() else ce.sum() * 0
+        bg_loss = ce[~fg].mean() if (~fg).any() else ce.sum() * 0
+        out[name] = fg_loss + bg_loss
+    out["count"] = F.cross_entropy(logits["count"], labels["count"])
+    return out
+
+
+@torch.no_grad()
+def dense_accuracy(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """(correct, total) per head, on object patches only (background is easy and would hide failures)."""
+    out = {}
+    for name in PATCH_HEADS:
+        fg = labels[name] > 0
+        pred = logits[name].argmax(-1)
+        out[name] = (int((pred[fg] == labels[name][fg]).sum()), int(fg.sum()))
+    out["count"] = (int((logits["count"].argmax(-1) == labels["count"]).sum()), len(labels["count"]))
+    return out
+
+
+class _ClipStream:
+    """An endless, seeded stream of clips, `clips_per_scene` at a time from fresh scenes."""
+
+    def __init__(self, seed: int, cfg: VisionPretrainConfig, num_frames: int):
+        self.rng = np.random.default_rng(seed)
+        self.cfg = cfg
+        self.num_frames = num_frames
+        self.buffer: list[DenseClip] = []
+
+    def take(self, n: int) -> list[DenseClip]:
+        while len(self.buffer) < n:
+            self.buffer += sample_dense_clips(
+                self.rng, self.cfg.frame_size, self.num_frames, self.cfg.needle_prob, self.cfg.clips_per_scene
+            )
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+
+class _Towers:
+    """One tower, a position table per input size (the tables are buffers, swapped before each forward)."""
+
+    def __init__(self, encoder: UMTEncoder, sizes: tuple[int, ...]):
+        self.encoder = encoder
+        self.tables = {s: video_position_table(replace(encoder.cfg, image_size=s)) for s in sizes}
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.encoder.pos_embed = self.tables[pixels.shape[-1]]
+        return self.encoder(pixels)
+
+
+def evaluate_tower(
+    encoder: UMTEncoder, heads: DenseHeads, cfg: VisionPretrainConfig, image_size: int, seed: int
+) -> dict[str, float]:
+    """Held-out accuracy per head (object patches; count per clip) on ``cfg.eval_clips`` fresh clips."""
+    towers = _Towers(encoder, (image_size,))
+    stream = _ClipStream(seed, cfg, encoder.cfg.num_frames)
+    totals = {name: [0, 0] for name in (*PATCH_HEADS, "count")}
+    was_training = encoder.training
+    encoder.eval()
+    heads.eval()
+    for start in range(0, cfg.eval_clips, cfg.batch_size):
+        pixels, labels = make_batch(
+            stream.take(min(cfg.batch_size, cfg.eval_clips - start)), image_size, encoder.cfg.patch_size
+        )
+        with torch.no_grad():
+            acc = dense_accuracy(heads(towers(pixels)), labels)
+        for name, (c, n) in acc.items():
+            totals[name][0] += c
+            totals[name][1] += n
+    encoder.train(was_training)
+    heads.train(was_training)
+    encoder.reset_position_tables()
+    return {name: round(c / max(1, n), 4) for name, (c, n) in totals.items()}
+
+
+def umt_state_dict(encoder: UMTEncoder) -> dict[str, torch.Tensor]:
+    """The tower's weights under the released UMT ``.pt`` names (``encoder.*``, final norm ``encoder.norm``)."""
+    out = {}
+    for name, tensor in encoder.state_dict().items():
+        if name.startswith("vision_layernorm."):
+            name = "norm." + name[len("vision_layernorm.") :]
+        out["encoder." + name] = tensor.detach().clone()
+    return out
+
+
+def pretrain_vision(
+    umt_cfg: UMTConfig, out_path: str | Path, cfg: VisionPretrainConfig, progress: bool = True
+) -> dict:
+    """Train a fresh tower with dense heads, write ``out_path`` (UMT ``.pt``) and ``<out_path>.json`` (metrics)."""
+    out_path = Path(out_path)
+    torch.manual_seed(cfg.seed)
+    encoder = UMTEncoder(umt_cfg)
+    init_weights_(encoder, seed=cfg.seed)
+    heads = DenseHeads(umt_cfg.hidden_size)
+    init_weights_(heads, seed=cfg.seed + 1)
+    params = list(encoder.parameters()) + list(heads.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg.steps, cfg.warmup_steps))
+    towers = _Towers(encoder, cfg.image_sizes)
+    stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
+    bar = _progress_bar(progress, cfg.steps)
+    history = []
+    running: dict[str, float] = {}
+    started = time.time()
+    for step in range(1, cfg.steps + 1):
+        size = cfg.image_sizes[(step - 1) % len(cfg.image_sizes)]
+        pixels, labels = make_batch(stream.take(cfg.batch_size), size, umt_cfg.patch_size)
+        losses = dense_losses(heads(towers(pixels)), labels)
+        loss = sum(cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"vision pre-training: non-finite loss at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        for k, v in losses.items():
+            running[k] = running.get(k, 0.0) + float(v.detach())
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            row = {"step": step, **{k: round(v / n, 4) for k, v in running.items()}, "seconds": round(time.time() - started, 1)}
+            history.append(row)
+            running = {}
+            msg = " ".join(f"{k} {v}" for k, v in row.items())
+            (bar.write if bar is not None else print)(f"[vision] {msg}")
+    if bar is not None:
+        bar.close()
+    encoder.reset_position_tables()
+    metrics = {
+        "config": asdict(cfg),
+        "tower": asdict(umt_cfg),
+        "seconds": round(time.time() - started, 1),
+        "history": history,
+        "heldout": {
+            str(s): evaluate_tower(encoder, heads, cfg, s, seed=cfg.seed + 10_000) for s in cfg.image_sizes
+        },
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".part")
+    torch.save({"model": umt_state_dict(encoder)}, tmp)
+    tmp.replace(out_path)
+    out_path.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="vision", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+__all__ = [
+    "DenseHeads",
+    "VisionPretrainConfig",
+    "dense_accuracy",
+    "dense_losses",
+    "evaluate_tower",
+    "make_batch",
+    "pretrain_vision",
+    "umt_state_dict",
+]

@@ -1,0 +1,136 @@
+"""Dense per-patch labels of synthetic clips and the vision tower's pre-training on them (the demo's stage 0a)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videochat_flash.config import UMTConfig
+from videochat_flash.data.dense import (
+    COLOR_CLASSES,
+    MOTION_CLASSES,
+    ONSET_CLASSES,
+    PATCH_HEADS,
+    SHAPE_CLASSES,
+    DenseClip,
+    patch_labels,
+    patch_owner,
+    sample_dense_clips,
+    simulate_yuv420,
+)
+from videochat_flash.data.shapes import PALETTE
+from videochat_flash.model.videochat import VideoChatFlash
+from videochat_flash.train import checkpoint as ckpt
+from videochat_flash.train.vision_pretrain import (
+    VisionPretrainConfig,
+    pretrain_vision,
+    umt_state_dict,
+)
+
+TINY_TOWER = UMTConfig(hidden_size=32, num_layers=3, num_heads=2, patch_size=8, image_size=32)
+
+
+def test_patch_owner_takes_the_largest_cover_above_the_threshold():
+    owner = np.full((1, 16, 16), -1, dtype=np.int16)
+    owner[0, :8, :8] = 0  # patch (0, 0) fully object 0
+    owner[0, :2, 8:16] = 1  # patch (0, 1): 25 % object 1 -> kept
+    owner[0, 8:9, 0:8] = 1  # patch (1, 0): 12.5 % object 1 -> background
+    owner[0, 8:12, 8:16] = 0  # patch (1, 1): 50 % object 0 ...
+    owner[0, 12:14, 8:16] = 1  # ... and 25 % object 1 -> object 0
+    got = patch_owner(owner, image_size=16, patch=8)
+    assert got.tolist() == [[[0, 1], [-1, 0]]]
+    # resized like the frames: at twice the size every patch covers a quarter of the original one
+    assert patch_owner(owner, image_size=32, patch=8)[0, 0].tolist() == [0, 0, 1, 1]
+
+
+def test_patch_labels_name_what_covers_each_patch():
+    owner = np.full((2, 16, 16), -1, dtype=np.int16)
+    owner[:, :8, :8] = 0
+    owner[1, 8:, 8:] = 1
+    objects = [
+        {"color": COLOR_CLASSES.index("red"), "shape": SHAPE_CLASSES.index("star"),
+         "motion": MOTION_CLASSES.index("left"), "onset": ONSET_CLASSES.index("earlier")},
+        {"color": COLOR_CLASSES.index("blue"), "shape": SHAPE_CLASSES.index("circle"),
+         "motion": MOTION_CLASSES.index("up"), "onset": ONSET_CLASSES.index("frame 1")},
+    ]
+    clip = DenseClip(frames=np.zeros((2, 16, 16, 3), np.uint8), owner=owner, objects=objects, count=2)
+    labels = patch_labels(clip, 16, 8)
+    assert set(labels) == set(PATCH_HEADS)
+    assert labels["color"][1].tolist() == [[1, 0], [0, 3]]
+    assert labels["shape"][0].tolist() == [[SHAPE_CLASSES.index("star"), 0], [0, 0]]
+    assert labels["onset"][1, 1, 1] == ONSET_CLASSES.index("frame 1")
+
+
+def test_sampled_clips_are_seeded_and_labels_match_the_pixels():
+    a = sample_dense_clips(np.random.default_rng(7), max_clips=3, needle_prob=0.5)
+    b = sample_dense_clips(np.random.default_rng(7), max_clips=3, needle_prob=0.5)
+    assert len(a) == len(b) >= 1
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.frames, y.frames) and np.array_equal(x.owner, y.owner) and x.objects == y.objects
+    rng = np.random.default_rng(11)
+    checked = 0
+    for _ in range(20):
+        for clip in sample_dense_clips(rng, max_clips=2, needle_prob=0.3):
+            assert clip.count == len(np.unique(clip.owner[clip.owner >= 0]))
+            for k, obj in enumerate(clip.objects):
+                pixels = clip.frames[clip.owner == k]
+                if len(pixels) < 20:
+                    continue
+                want = np.asarray(PALETTE[COLOR_CLASSES[obj["color"]]], dtype=float)
+                # interior pixels keep their colour through the simulated chroma subsampling
+                assert np.median(np.abs(pixels - want).sum(axis=1)) < 40
+                checked += 1
+    assert checked > 10
+
+
+def test_simulated_yuv420_keeps_flat_colours_and_bleeds_edges():
+    flat = np.full((1, 8, 8, 3), (230, 30, 30), dtype=np.uint8)
+    assert np.abs(simulate_yuv420(flat).astype(int) - flat).max() <= 1
+    edge = np.full((1, 8, 8, 3), 128, dtype=np.uint8)
+    edge[:, :, 3:] = (40, 80, 255)  # a colour edge inside a 2x2 chroma block (column 3 | 4 ... 2 | 3)
+    out = simulate_yuv420(edge).astype(int)
+    assert np.abs(out[0, 0, 2] - 128).max() > 5  # chroma of column 3 leaked into column 2
+
+
+def test_umt_file_loads_into_a_model_tower(tiny_model_dir, tmp_path):
+    """`umt_state_dict` writes the released UMT names; the trainer's `load_umt` reads every tower weight back."""
+    from videochat_flash.model.umt import UMTEncoder
+
+    model = VideoChatFlash.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    tower = UMTEncoder(model.config.vision)
+    for p in tower.parameters():
+        p.data.normal_()
+    state = umt_state_dict(tower)
+    assert "encoder.norm.weight" in state and not any("vision_layernorm" in k for k in state)
+    torch.save({"model": state}, tmp_path / "umt.pt")
+    ckpt.load_umt(model, tmp_path / "umt.pt")
+    for name, value in tower.state_dict().items():
+        assert torch.equal(model.vision.state_dict()[name], value), name
+
+
+def test_pretraining_teaches_the_tower_colour_and_writes_a_loadable_umt_file(tmp_path):
+    torch.set_num_threads(1)
+    cfg = VisionPretrainConfig(
+        steps=60, batch_size=16, clips_per_scene=4, lr=2e-3, warmup_steps=5, frame_size=32,
+        image_sizes=(32,), eval_clips=64, log_every=20, seed=1,
+    )
+    metrics = pretrain_vision(TINY_TOWER, tmp_path / "umt.pt", cfg, progress=False)
+    assert metrics["heldout"]["32"]["color"] > 0.8  # chance is 0.2: the heads read the tower's tokens
+    saved = json.loads((tmp_path / "umt.json").read_text())
+    assert saved["heldout"] == metrics["heldout"] and len(saved["history"]) == 3
+    raw = torch.load(tmp_path / "umt.pt", weights_only=True)["model"]
+    assert "encoder.patch_embed.proj.weight" in raw and "encoder.norm.bias" in raw
+    tensors = ckpt.umt_tensors(tmp_path / "umt.pt")
+    assert all(k.startswith("model.vision_tower.vision_tower.encoder.") for k in tensors)
+
+
+def test_recipe_section_is_validated(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("vision_pretrain:\n  steps: 7\n  image_sizes: [64, 96]\n")
+    cfg = VisionPretrainConfig.from_yaml(path, seed=3)
+    assert (cfg.steps, cfg.image_sizes, cfg.seed) == (7, (64, 96), 3)
+    path.write_text("vision_pretrain:\n  stepz: 7\n")
+    with pytest.raises(ValueError, match="stepz"):
+        VisionPretrainConfig.from_yaml(path)
