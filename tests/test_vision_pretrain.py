@@ -23,7 +23,12 @@ from videochat_flash.data.shapes import PALETTE
 from videochat_flash.model.videochat import VideoChatFlash
 from videochat_flash.train import checkpoint as ckpt
 from videochat_flash.train.vision_pretrain import (
+    DenseHeads,
     VisionPretrainConfig,
+    dense_accuracy,
+    dense_losses,
+    make_batch,
+    object_means,
     pretrain_vision,
     umt_state_dict,
 )
@@ -113,8 +118,8 @@ def test_umt_file_loads_into_a_model_tower(tiny_model_dir, tmp_path):
 def test_pretraining_teaches_the_tower_colour_and_writes_a_loadable_umt_file(tmp_path):
     torch.set_num_threads(1)
     cfg = VisionPretrainConfig(
-        steps=60, batch_size=16, clips_per_scene=4, lr=2e-3, warmup_steps=5, frame_size=32,
-        image_sizes=(32,), eval_clips=64, log_every=20, seed=1,
+        steps=120, batch_size=16, clips_per_scene=4, lr=3e-3, warmup_steps=5, frame_size=32,
+        image_sizes=(32,), eval_clips=64, log_every=40, seed=1,
     )
     metrics = pretrain_vision(TINY_TOWER, tmp_path / "umt.pt", cfg, progress=False)
     assert metrics["heldout"]["32"]["color"] > 0.8  # chance is 0.2: the heads read the tower's tokens
@@ -134,3 +139,30 @@ def test_recipe_section_is_validated(tmp_path):
     path.write_text("vision_pretrain:\n  stepz: 7\n")
     with pytest.raises(ValueError, match="stepz"):
         VisionPretrainConfig.from_yaml(path)
+
+
+def test_object_means_average_each_objects_patches():
+    tokens = torch.arange(12, dtype=torch.float32).view(1, 6, 2)
+    owner = torch.tensor([[-1, 0, 0, 1, -1, 1]])
+    got = object_means(tokens, owner)
+    assert torch.allclose(got[0, 0], tokens[0, 1:3].mean(0)) and torch.allclose(got[0, 1], tokens[0, [3, 5]].mean(0))
+
+
+def test_batch_labels_cover_patches_and_visible_objects():
+    clips = sample_dense_clips(np.random.default_rng(3), max_clips=4, needle_prob=0.5)
+    pixels, labels = make_batch(clips, 32, 8)
+    b, t = len(clips), clips[0].frames.shape[0]
+    assert pixels.shape == (b, t, 3, 32, 32)
+    assert labels["color"].shape == labels["owner"].shape == (b, t * 16)
+    for i, clip in enumerate(clips):
+        owned = set(labels["owner"][i][labels["owner"][i] >= 0].tolist())
+        labelled = {k for k in range(labels["object_shape"].shape[1]) if labels["object_shape"][i, k] >= 0}
+        assert owned == labelled  # an object gets object labels iff it owns a patch of the clip
+        for k in owned:
+            assert labels["object_color"][i, k] == clip.objects[k]["color"]
+    heads = DenseHeads(8)
+    logits = heads(torch.randn(b, t * 16, 8), labels["owner"])
+    losses = dense_losses(logits, labels)
+    assert {"color", "object_shape", "count"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+    acc = dense_accuracy(logits, labels)
+    assert acc["object_color"][1] == sum(int((labels["object_color"][i] >= 0).sum()) for i in range(b))
