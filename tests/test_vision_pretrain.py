@@ -166,3 +166,11 @@ def test_batch_labels_cover_patches_and_visible_objects():
     assert {"color", "object_shape", "count"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
     acc = dense_accuracy(logits, labels)
     assert acc["object_color"][1] == sum(int((labels["object_color"][i] >= 0).sum()) for i in range(b))
+
+
+def test_the_demo_vision_recipe_loads():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "stage0_vision.yaml"
+    cfg = VisionPretrainConfig.from_yaml(path)
+    assert cfg.steps > 0 and 64 in cfg.image_sizes and 96 in cfg.image_sizes
