@@ -138,7 +138,9 @@ def sample_dense_clips(
     return [_clip(rng, scene, int(start), num_frames, needle_prob) for start in starts]
 
 
-def _clip(rng: np.random.Generator, scene: Scene, start: int, num_frames: int, needle_prob: float) -> DenseClip:
+def _clip(
+    rng: np.random.Generator, scene: Scene, start: int, num_frames: int, needle_prob: float
+) -> DenseClip:
     ids = [min(start + i, scene.num_frames - 1) for i in range(num_frames)]
     frames = np.stack([render_frame(scene, i) for i in ids])
     owner = np.stack([_owner_map(scene, i) for i in ids])
@@ -201,10 +203,14 @@ def patch_owner(owner: np.ndarray, image_size: int, patch: int, min_cover: float
 
 def patch_labels(clip: DenseClip, image_size: int, patch: int) -> dict[str, np.ndarray]:
     """Class index per patch for every head of `PATCH_HEADS` (`[T, g, g]` each; 0 = background)."""
-    who = patch_owner(clip.owner, image_size, patch)
+    return owner_labels(clip.objects, patch_owner(clip.owner, image_size, patch))
+
+
+def owner_labels(objects: list[dict], who: np.ndarray) -> dict[str, np.ndarray]:
+    """Class index per patch for every head, from `patch_owner`'s object index per patch (-1 -> 0)."""
     out = {}
     for head in PATCH_HEADS:
-        table = np.array([0] + [o[head] for o in clip.objects], dtype=np.int64)
+        table = np.array([0] + [o[head] for o in objects], dtype=np.int64)
         out[head] = table[who + 1]
     return out
 
@@ -217,6 +223,7 @@ __all__ = [
     "PATCH_HEADS",
     "SHAPE_CLASSES",
     "DenseClip",
+    "owner_labels",
     "patch_labels",
     "patch_owner",
     "sample_dense_clips",

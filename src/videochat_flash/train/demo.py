@@ -58,7 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="only evaluate --out and rewrite its model card (stages read from --work)",
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1, safe on a busy 2-core CPU; 2 is faster on an idle one)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1, safe on a busy 2-core CPU; 2 is faster on an idle one)",
     )
 
 
@@ -123,8 +126,10 @@ def make_tokenizer(work: Path, data_dir: Path):
     return tok_dir, tokenizer
 
 
-def make_vision_weights(work: Path, seed: int, scale: float, threads: int) -> Path:
+def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
     """Dense pre-training of the tower (`vision_pretrain`); its UMT ``.pt`` seeds stage 0's vision tower."""
+    from dataclasses import replace
+
     from .recipes import load_recipe
     from .trainer import ModelSources, build_config
     from .vision_pretrain import VisionPretrainConfig, pretrain_vision
@@ -135,8 +140,8 @@ def make_vision_weights(work: Path, seed: int, scale: float, threads: int) -> Pa
         return out
     tower = build_config(load_recipe(DEMO_RECIPES / f"{STAGES[0]}.yaml"), ModelSources()).vision
     base = VisionPretrainConfig.from_yaml(DEMO_RECIPES / f"{VISION_STAGE}.yaml")
-    cfg = VisionPretrainConfig.from_yaml(
-        DEMO_RECIPES / f"{VISION_STAGE}.yaml",
+    cfg = replace(
+        base,
         steps=max(1, int(base.steps * scale)),
         eval_clips=max(base.batch_size, int(base.eval_clips * min(1.0, scale * 10))),
         seed=seed,
@@ -159,6 +164,7 @@ def stage_overrides(
     seed: int,
     scale: float,
     max_steps: int,
+    vision_weights: Path | None = None,
 ) -> list[str]:
     mixture = data_dir / f"stage{k}.yaml"
     out = [
@@ -174,6 +180,8 @@ def stage_overrides(
             f"model.llm.bos_token_id={tokenizer.pad_token_id}",
             f"model.llm.eos_token_id={tokenizer.eos_token_id}",
         ]
+        if vision_weights is not None:
+            out.append(f"model.vision_weights={vision_weights}")
     else:
         out.append(f"model.init_from={previous}")
     return out
@@ -200,15 +208,23 @@ def build_demo(
     work.mkdir(parents=True, exist_ok=True)
     data_dir = make_data(work, seed, scale)
     tok_dir, tokenizer = make_tokenizer(work, data_dir)
-    vision_weights = make_vision_weights(work, seed, scale, threads)
+    vision_weights = make_vision_weights(work, seed, scale)
     previous: Path | None = None
     for k, stage in enumerate(STAGES):
         base = load_recipe(DEMO_RECIPES / f"{stage}.yaml")
         overrides = stage_overrides(
-            stage, k, work, data_dir, tok_dir, previous, tokenizer, seed, scale, base.train.max_steps
+            stage,
+            k,
+            work,
+            data_dir,
+            tok_dir,
+            previous,
+            tokenizer,
+            seed,
+            scale,
+            base.train.max_steps,
+            vision_weights,
         )
-        if previous is None:
-            overrides.append(f"model.vision_weights={vision_weights}")
         recipe = load_recipe(DEMO_RECIPES / f"{stage}.yaml", overrides)
         t0 = time.time()
         _log(f"{stage}: {recipe.train.max_steps} steps, parts {recipe.train.tunable_parts}")

@@ -376,12 +376,12 @@ def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int = 0, desc: str = "train"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------- trainer

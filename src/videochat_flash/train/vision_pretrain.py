@@ -13,7 +13,6 @@ The output is a UMT ``.pt`` (``encoder.*`` keys, as the released UMT-L file) tha
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UMTConfig
-from ..data.dense import MAX_COUNT, PATCH_HEADS, DenseClip, patch_labels, patch_owner, sample_dense_clips
+from ..data.dense import MAX_COUNT, PATCH_HEADS, DenseClip, owner_labels, patch_owner, sample_dense_clips
 from ..model.init import init_weights_
 from ..model.preprocess import preprocess_frames
 from ..model.umt import UMTEncoder, video_position_table
-from .trainer import WarmupSchedule
+from .trainer import WarmupSchedule, _progress
 
 
 @dataclass
@@ -76,8 +75,12 @@ class DenseHeads(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.patch = nn.ModuleDict({name: nn.Linear(dim, len(classes)) for name, classes in PATCH_HEADS.items()})
-        self.object = nn.ModuleDict({name: nn.Linear(dim, len(classes)) for name, classes in PATCH_HEADS.items()})
+        self.patch = nn.ModuleDict(
+            {name: nn.Linear(dim, len(classes)) for name, classes in PATCH_HEADS.items()}
+        )
+        self.object = nn.ModuleDict(
+            {name: nn.Linear(dim, len(classes)) for name, classes in PATCH_HEADS.items()}
+        )
         self.count = nn.Linear(dim, MAX_COUNT)
 
     def forward(self, tokens: torch.Tensor, owner: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -93,7 +96,9 @@ class DenseHeads(nn.Module):
 def object_means(tokens: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     """`[B, K, C]`: the mean token of each object's patches (K = max objects per clip; zeros where absent)."""
     k = max(1, int(owner.max()) + 1)
-    onehot = F.one_hot(owner.clamp(min=-1) + 1, k + 1)[..., 1:].to(tokens.dtype)  # [B, N, K], background dropped
+    onehot = F.one_hot(owner.clamp(min=-1) + 1, k + 1)[..., 1:].to(
+        tokens.dtype
+    )  # [B, N, K], background dropped
     sums = torch.einsum("bnk,bnc->bkc", onehot, tokens)
     return sums / onehot.sum(dim=1).clamp(min=1)[..., None]
 
@@ -103,9 +108,12 @@ def make_batch(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Pixels `[B, T, 3, S, S]` (the model's own preprocessing) and labels (`[B, T*g*g]` per patch head, `[B]`)."""
     pixels = torch.stack([preprocess_frames(c.frames, image_size) for c in clips])
-    owners = [patch_owner(c.owner, image_size, patch).reshape(-1) for c in clips]
-    per_clip = [patch_labels(c, image_size, patch) for c in clips]
-    labels = {name: torch.from_numpy(np.stack([p[name].reshape(-1) for p in per_clip])) for name in PATCH_HEADS}
+    owners = [patch_owner(c.owner, image_size, patch) for c in clips]
+    per_clip = [owner_labels(c.objects, who) for c, who in zip(clips, owners, strict=True)]
+    owners = [who.reshape(-1) for who in owners]
+    labels = {
+        name: torch.from_numpy(np.stack([p[name].reshape(-1) for p in per_clip])) for name in PATCH_HEADS
+    }
     labels["count"] = torch.tensor([c.count for c in clips])
     labels["owner"] = torch.from_numpy(np.stack(owners))
     k = max(1, int(labels["owner"].max()) + 1)
@@ -137,7 +145,9 @@ def dense_losses(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def dense_accuracy(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+def dense_accuracy(
+    logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]
+) -> dict[str, tuple[int, int]]:
     """(correct, total) per head, on object patches only (background is easy and would hide failures)."""
     out = {}
     for name in PATCH_HEADS:
@@ -239,7 +249,7 @@ def pretrain_vision(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg.steps, cfg.warmup_steps))
     towers = _Towers(encoder, cfg.image_sizes)
     stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
-    bar = _progress_bar(progress, cfg.steps)
+    bar = _progress(progress, cfg.steps, desc="vision")
     history = []
     running: dict[str, float] = {}
     started = time.time()
@@ -261,7 +271,11 @@ def pretrain_vision(
             bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            row = {"step": step, **{k: round(v / n, 4) for k, v in running.items()}, "seconds": round(time.time() - started, 1)}
+            row = {
+                "step": step,
+                **{k: round(v / n, 4) for k, v in running.items()},
+                "seconds": round(time.time() - started, 1),
+            }
             history.append(row)
             running = {}
             msg = " ".join(f"{k} {v}" for k, v in row.items())
@@ -284,14 +298,6 @@ def pretrain_vision(
     tmp.replace(out_path)
     out_path.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _progress_bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="vision", unit="step", file=sys.stderr, dynamic_ncols=True)
 
 
 __all__ = [
