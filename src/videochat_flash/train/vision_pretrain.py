@@ -45,6 +45,8 @@ class VisionPretrainConfig:
     seed: int = 0
     eval_clips: int = 256
     log_every: int = 50
+    init_clips: int = 64  # clips whose patches set the whitened patch-embedding init
+    patch_init_gain: float = 2.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"count": 0.5})
 
     @classmethod
@@ -218,6 +220,41 @@ def evaluate_tower(
     return {name: round(c / max(1, n), 4) for name, (c, n) in totals.items()}
 
 
+@torch.no_grad()
+def whiten_patch_embedding_(encoder: UMTEncoder, pixels: torch.Tensor, gain: float = 2.0) -> None:
+    """Data-dependent init of the patch embedding: the leading principal components of ``pixels``' patches,
+    whitened (unit variance per channel) and scaled by ``gain``.
+
+    Why: shape is a property of edges at any offset inside a patch, and a random N(0, 0.02) projection leaves
+    those patterns buried under the position table (norm ~7 against ~3 for content). Measured on one-big-shape
+    clips (200 steps, per-object shape loss; chance = 1.61): random init 1.63, whitened PCA x2 1.50, plus
+    fan-in MLP init (`fan_in_mlp_`) 1.43; a per-patch MLP without attention: 1.65 -> 1.24 with this init.
+    """
+    proj = encoder.patch_embed.proj
+    p = encoder.cfg.patch_size
+    c = pixels.shape[2]
+    patches = pixels.flatten(0, 1).unfold(2, p, p).unfold(3, p, p)  # [N, C, gh, gw, p, p]
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * p * p).double()
+    mean = patches.mean(dim=0)
+    _, sv, vh = torch.linalg.svd(patches - mean, full_matrices=False)
+    k = min(proj.out_channels, vh.shape[0])
+    std = (sv[:k] / patches.shape[0] ** 0.5).clamp(min=1e-3)
+    weight = torch.zeros(proj.out_channels, c * p * p, dtype=torch.float64)
+    weight[:k] = vh[:k] / std[:, None] * gain
+    proj.weight.copy_(weight.reshape(proj.out_channels, c, 1, p, p).to(proj.weight.dtype))
+    proj.bias.copy_((-(weight @ mean)).to(proj.bias.dtype))  # centred: mean patch -> 0
+
+
+@torch.no_grad()
+def fan_in_mlp_(encoder: UMTEncoder, seed: int) -> None:
+    """MLP input layers at std 1/sqrt(width): the GPT-2 std of 0.02 assumes widths near 1,000; at the demo's 96 it
+    feeds GELU pre-activations of std ~0.2, where GELU is almost linear and the blocks add no new features."""
+    generator = torch.Generator().manual_seed(seed)
+    for block in encoder.blocks:
+        w = block.mlp.fc1.weight
+        w.copy_(torch.randn(w.shape, generator=generator) * w.shape[1] ** -0.5)
+
+
 def umt_state_dict(encoder: UMTEncoder) -> dict[str, torch.Tensor]:
     """The tower's weights under the released UMT ``.pt`` names (``encoder.*``, final norm ``encoder.norm``)."""
     out = {}
@@ -236,6 +273,10 @@ def pretrain_vision(
     torch.manual_seed(cfg.seed)
     encoder = UMTEncoder(umt_cfg)
     init_weights_(encoder, seed=cfg.seed)
+    fan_in_mlp_(encoder, seed=cfg.seed)
+    stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
+    sample, _ = make_batch(stream.take(cfg.init_clips), umt_cfg.image_size, umt_cfg.patch_size)
+    whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
     heads = DenseHeads(umt_cfg.hidden_size)
     init_weights_(heads, seed=cfg.seed + 1)
     params = list(encoder.parameters()) + list(heads.parameters())
@@ -248,7 +289,6 @@ def pretrain_vision(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg.steps, cfg.warmup_steps))
     towers = _Towers(encoder, cfg.image_sizes)
-    stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
     bar = _progress(progress, cfg.steps, desc="vision")
     history = []
     running: dict[str, float] = {}
@@ -306,7 +346,9 @@ __all__ = [
     "dense_accuracy",
     "dense_losses",
     "evaluate_tower",
+    "fan_in_mlp_",
     "make_batch",
     "pretrain_vision",
     "umt_state_dict",
+    "whiten_patch_embedding_",
 ]
