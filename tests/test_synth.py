@@ -111,10 +111,10 @@ def test_layout_yaml_and_manifest(data):
             assert (data / entry["json_path"]).is_file()
     stage1 = yaml.safe_load((data / "stage1.yaml").read_text())["datasets"]
     assert [Path(e["json_path"]).name for e in stage1] == ["short_caption.jsonl"]
-    stage3 = {
-        Path(e["json_path"]).name for e in yaml.safe_load((data / "stage3.yaml").read_text())["datasets"]
-    }
-    assert {"long_grounding.jsonl", "niah_niah.jsonl", "short_mc_color.jsonl"} <= stage3
+    stage3 = [Path(e["json_path"]).name for e in yaml.safe_load((data / "stage3.yaml").read_text())["datasets"]]
+    assert {"long_grounding.jsonl", "niah_niah.jsonl", "short_mc_color.jsonl"} <= set(stage3)
+    assert stage3.count("niah_niah.jsonl") == synth.NIAH_REPEAT > 1  # up-sampled by listing; every other file once
+    assert all(stage3.count(name) == 1 for name in stage3 if name != "niah_niah.jsonl")
     with av.open(str(data / "videos/short/000000.mp4")) as c:
         s = c.streams.video[0]
         assert (s.codec_context.name, s.codec_context.pix_fmt, s.width, s.height) == (

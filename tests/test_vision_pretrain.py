@@ -20,6 +20,7 @@ from videochat_flash.data.dense import (
     simulate_yuv420,
 )
 from videochat_flash.data.shapes import PALETTE
+from videochat_flash.model.umt import UMTEncoder
 from videochat_flash.model.videochat import VideoChatFlash
 from videochat_flash.train import checkpoint as ckpt
 from videochat_flash.train.vision_pretrain import (
@@ -27,10 +28,12 @@ from videochat_flash.train.vision_pretrain import (
     VisionPretrainConfig,
     dense_accuracy,
     dense_losses,
+    fan_in_mlp_,
     make_batch,
     object_means,
     pretrain_vision,
     umt_state_dict,
+    whiten_patch_embedding_,
 )
 
 TINY_TOWER = UMTConfig(hidden_size=32, num_layers=3, num_heads=2, patch_size=8, image_size=32)
@@ -174,3 +177,27 @@ def test_the_demo_vision_recipe_loads():
     path = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "stage0_vision.yaml"
     cfg = VisionPretrainConfig.from_yaml(path)
     assert cfg.steps > 0 and 64 in cfg.image_sizes and 96 in cfg.image_sizes
+
+
+def test_whitened_patch_embedding_decorrelates_patches_and_centres_them():
+    rng = np.random.default_rng(0)
+    clips = [c for _ in range(6) for c in sample_dense_clips(rng, 32, 4, 0.0, 4)]
+    pixels, _ = make_batch(clips, 32, TINY_TOWER.patch_size)
+    encoder = UMTEncoder(TINY_TOWER)
+    whiten_patch_embedding_(encoder, pixels, gain=2.0)
+    with torch.no_grad():
+        tokens = encoder.patch_embed(pixels).flatten(0, 1).double()  # [N, C]: before the position table
+    assert tokens.mean(dim=0).abs().max() < 1e-3
+    cov = torch.cov(tokens.T, correction=0)
+    # variance gain**2 on every channel, no correlation between channels (the sample's own PCA basis)
+    torch.testing.assert_close(cov, 4.0 * torch.eye(TINY_TOWER.hidden_size, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_fan_in_mlp_init_scales_with_width_and_is_seeded():
+    a, b = UMTEncoder(TINY_TOWER), UMTEncoder(TINY_TOWER)
+    fan_in_mlp_(a, seed=3)
+    fan_in_mlp_(b, seed=3)
+    for block_a, block_b in zip(a.blocks, b.blocks, strict=True):
+        w = block_a.mlp.fc1.weight.detach()
+        torch.testing.assert_close(w, block_b.mlp.fc1.weight.detach())
+        assert abs(float(w.std()) - TINY_TOWER.hidden_size**-0.5) < 0.02
