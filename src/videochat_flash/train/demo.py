@@ -409,6 +409,8 @@ def evaluate_demo(model_dir: Path, work: Path, eval_seed: int, num_samples: int,
 
 
 def write_model_card(model_dir: Path, report: dict) -> None:
+    from ..data.synth import NIAH_REPEAT
+
     threads = report.get("threads", 1)
     lines = [
         "# videochat-flash-demo",
@@ -431,9 +433,12 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "for UMT's own pre-training: the tower alone, with linear heads naming each patch's colour, shape, motion and",
         "onset and each clip's object count, on synthetic clips rendered in memory (`videochat_flash.data.dense`);",
         "it gives the tower a direct signal, where training it only through a from-scratch LLM gave it almost none.",
+        "Its patch embedding starts from the whitened principal components of sample patches and its MLP inputs at",
+        "std 1/sqrt(width) (`videochat_flash.train.vision_pretrain`): shapes then start to be learned ~3x sooner.",
         "Stage 0 then trains connector and LLM on that frozen tower (one-shape videos and 1–4-shape scenes), stage 1",
         "aligns the connector on captions, stage 2 tunes all parts on short scenes, stage 3 adds 16–48 s videos with",
-        "2–5 shapes, grounding and needles, and stage 4 raises the resolution to 96 px (LLM frozen).",
+        f"2–5 shapes, grounding and needles (needle videos listed {NIAH_REPEAT}x in the mixture), and stage 4 raises",
+        "the resolution to 96 px (LLM frozen).",
         "",
         "## Reproduce",
         "",
