@@ -105,11 +105,16 @@ def object_means(tokens: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     return sums / onehot.sum(dim=1).clamp(min=1)[..., None]
 
 
+def clip_pixels(clips: list[DenseClip], image_size: int) -> torch.Tensor:
+    """`[B, T, 3, S, S]`: the clips through the model's own preprocessing (resize, normalise)."""
+    return torch.stack([preprocess_frames(c.frames, image_size) for c in clips])
+
+
 def make_batch(
     clips: list[DenseClip], image_size: int, patch: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Pixels `[B, T, 3, S, S]` (the model's own preprocessing) and labels (`[B, T*g*g]` per patch head, `[B]`)."""
-    pixels = torch.stack([preprocess_frames(c.frames, image_size) for c in clips])
+    pixels = clip_pixels(clips, image_size)
     owners = [patch_owner(c.owner, image_size, patch) for c in clips]
     per_clip = [owner_labels(c.objects, who) for c, who in zip(clips, owners, strict=True)]
     owners = [who.reshape(-1) for who in owners]
@@ -275,7 +280,7 @@ def pretrain_vision(
     init_weights_(encoder, seed=cfg.seed)
     fan_in_mlp_(encoder, seed=cfg.seed)
     stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
-    sample, _ = make_batch(stream.take(cfg.init_clips), umt_cfg.image_size, umt_cfg.patch_size)
+    sample = clip_pixels(stream.take(cfg.init_clips), umt_cfg.image_size)  # pixels only: no labels needed
     whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
     heads = DenseHeads(umt_cfg.hidden_size)
     init_weights_(heads, seed=cfg.seed + 1)
