@@ -5,7 +5,7 @@ from pathlib import Path
 
 from videochat_flash import VideoChatFlash
 from videochat_flash.inference.cache import TokenCache
-from videochat_flash.train.demo import DATA, build_demo
+from videochat_flash.train.demo import DATA, build_demo, record_seconds, recorded_seconds, write_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "videochat-flash-demo"
@@ -24,6 +24,10 @@ def test_tiny_end_to_end_pipeline(tmp_path):
         "stage4_highres",
     ]
     assert all(s["steps"] >= 1 for s in report["stages"])
+    # the cacheable steps record their time
+    times = recorded_seconds(tmp_path / "work")
+    assert set(times) == {"data", "vision"}
+    assert report["reused_seconds"] == {} and report["train_seconds"] >= sum(times.values())
     assert (out / "README.md").is_file() and (out / "example.mp4").is_file()
     model = VideoChatFlash.from_pretrained(out)
     assert model.config.image_size == 96  # stage 4 raised the resolution
@@ -31,6 +35,20 @@ def test_tiny_end_to_end_pipeline(tmp_path):
         str(out / "example.mp4"), "What color is the circle?", generation={"max_new_tokens": 6}
     )
     assert isinstance(answer, str) and len(history) == 2
+
+
+def test_reused_build_steps_keep_their_recorded_time(tmp_path):
+    """A rebuild that reuses cached data/vision reports their original seconds (vision falls back to umt.json)."""
+    (tmp_path / "stage0_vision").mkdir()
+    (tmp_path / "stage0_vision" / "umt.json").write_text(json.dumps({"seconds": 1686.0}))
+    record_seconds(tmp_path, "data", 70.04)
+    assert recorded_seconds(tmp_path) == {"data": 70.0, "vision": 1686.0}
+    report = {"seed": 0, "train_seconds": 3600.0, "stages": [], "reused_seconds": {"vision": 1686.0}}
+    write_model_card(tmp_path, report)
+    assert (
+        "reused from an earlier run of the same command in the same work dir (vision 28.1 min)"
+        in (tmp_path / "README.md").read_text()
+    )
 
 
 def test_committed_demo_model_answers_held_out_questions(tmp_path):

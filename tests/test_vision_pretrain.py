@@ -57,10 +57,18 @@ def test_patch_labels_name_what_covers_each_patch():
     owner[:, :8, :8] = 0
     owner[1, 8:, 8:] = 1
     objects = [
-        {"color": COLOR_CLASSES.index("red"), "shape": SHAPE_CLASSES.index("star"),
-         "motion": MOTION_CLASSES.index("left"), "onset": ONSET_CLASSES.index("earlier")},
-        {"color": COLOR_CLASSES.index("blue"), "shape": SHAPE_CLASSES.index("circle"),
-         "motion": MOTION_CLASSES.index("up"), "onset": ONSET_CLASSES.index("frame 1")},
+        {
+            "color": COLOR_CLASSES.index("red"),
+            "shape": SHAPE_CLASSES.index("star"),
+            "motion": MOTION_CLASSES.index("left"),
+            "onset": ONSET_CLASSES.index("earlier"),
+        },
+        {
+            "color": COLOR_CLASSES.index("blue"),
+            "shape": SHAPE_CLASSES.index("circle"),
+            "motion": MOTION_CLASSES.index("up"),
+            "onset": ONSET_CLASSES.index("frame 1"),
+        },
     ]
     clip = DenseClip(frames=np.zeros((2, 16, 16, 3), np.uint8), owner=owner, objects=objects, count=2)
     labels = patch_labels(clip, 16, 8)
@@ -75,7 +83,9 @@ def test_sampled_clips_are_seeded_and_labels_match_the_pixels():
     b = sample_dense_clips(np.random.default_rng(7), max_clips=3, needle_prob=0.5)
     assert len(a) == len(b) >= 1
     for x, y in zip(a, b, strict=True):
-        assert np.array_equal(x.frames, y.frames) and np.array_equal(x.owner, y.owner) and x.objects == y.objects
+        assert (
+            np.array_equal(x.frames, y.frames) and np.array_equal(x.owner, y.owner) and x.objects == y.objects
+        )
     rng = np.random.default_rng(11)
     checked = 0
     for _ in range(20):
@@ -121,8 +131,16 @@ def test_umt_file_loads_into_a_model_tower(tiny_model_dir, tmp_path):
 def test_pretraining_teaches_the_tower_colour_and_writes_a_loadable_umt_file(tmp_path):
     torch.set_num_threads(1)
     cfg = VisionPretrainConfig(
-        steps=120, batch_size=16, clips_per_scene=4, lr=3e-3, warmup_steps=5, frame_size=32,
-        image_sizes=(32,), eval_clips=64, log_every=40, seed=1,
+        steps=120,
+        batch_size=16,
+        clips_per_scene=4,
+        lr=3e-3,
+        warmup_steps=5,
+        frame_size=32,
+        image_sizes=(32,),
+        eval_clips=64,
+        log_every=40,
+        seed=1,
     )
     metrics = pretrain_vision(TINY_TOWER, tmp_path / "umt.pt", cfg, progress=False)
     assert metrics["heldout"]["32"]["color"] > 0.8  # chance is 0.2: the heads read the tower's tokens
@@ -148,7 +166,9 @@ def test_object_means_average_each_objects_patches():
     tokens = torch.arange(12, dtype=torch.float32).view(1, 6, 2)
     owner = torch.tensor([[-1, 0, 0, 1, -1, 1]])
     got = object_means(tokens, owner)
-    assert torch.allclose(got[0, 0], tokens[0, 1:3].mean(0)) and torch.allclose(got[0, 1], tokens[0, [3, 5]].mean(0))
+    assert torch.allclose(got[0, 0], tokens[0, 1:3].mean(0)) and torch.allclose(
+        got[0, 1], tokens[0, [3, 5]].mean(0)
+    )
 
 
 def test_batch_labels_cover_patches_and_visible_objects():
@@ -166,7 +186,9 @@ def test_batch_labels_cover_patches_and_visible_objects():
     heads = DenseHeads(8)
     logits = heads(torch.randn(b, t * 16, 8), labels["owner"])
     losses = dense_losses(logits, labels)
-    assert {"color", "object_shape", "count"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+    assert {"color", "object_shape", "count"} <= set(losses) and all(
+        torch.isfinite(v) for v in losses.values()
+    )
     acc = dense_accuracy(logits, labels)
     assert acc["object_color"][1] == sum(int((labels["object_color"][i] >= 0).sum()) for i in range(b))
 
@@ -190,7 +212,9 @@ def test_whitened_patch_embedding_decorrelates_patches_and_centres_them():
     assert tokens.mean(dim=0).abs().max() < 1e-3
     cov = torch.cov(tokens.T, correction=0)
     # variance gain**2 on every channel, no correlation between channels (the sample's own PCA basis)
-    torch.testing.assert_close(cov, 4.0 * torch.eye(TINY_TOWER.hidden_size, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        cov, 4.0 * torch.eye(TINY_TOWER.hidden_size, dtype=torch.float64), atol=1e-3, rtol=0
+    )
 
 
 def test_fan_in_mlp_init_scales_with_width_and_is_seeded():

@@ -35,6 +35,7 @@ DATA = dict(
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
+TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision)
 EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reported as single_* tasks
 SYSTEM_TEXTS = (
     "You are a helpful assistant.",
@@ -94,6 +95,24 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def record_seconds(work: Path, step: str, seconds: float) -> None:
+    """Remember how long a cached build step took (``work/timings.json``), so a later build that reuses its
+    output still reports the full training time."""
+    path = work / TIMINGS_FILE
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[step] = round(seconds, 1)
+    path.write_text(json.dumps(times, indent=1) + "\n")
+
+
+def recorded_seconds(work: Path) -> dict[str, float]:
+    path = work / TIMINGS_FILE
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    vision = work / VISION_STAGE / "umt.json"
+    if "vision" not in times and vision.is_file():  # builds before timings.json: the metrics hold the time
+        times["vision"] = json.loads(vision.read_text())["seconds"]
+    return times
+
+
 def make_data(work: Path, seed: int, scale: float) -> Path:
     from ..data.synth import generate_dataset
 
@@ -105,7 +124,9 @@ def make_data(work: Path, seed: int, scale: float) -> Path:
     floors = {"num_samples": 8, "num_long": 2, "num_niah": 2, "num_single": 8}
     sizes = {k: max(floors[k], int(v * scale)) if k in floors else v for k, v in DATA.items()}
     _log(f"generating synthetic data into {data_dir} ({sizes})")
+    t0 = time.time()
     generate_dataset(data_dir, seed, stage="all", workers=1, **sizes)
+    record_seconds(work, "data", time.time() - t0)
     return data_dir
 
 
@@ -149,6 +170,7 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
     _log(f"{VISION_STAGE}: {cfg.steps} steps of dense pre-training of the {tower.hidden_size}-wide tower")
     t0 = time.time()
     metrics = pretrain_vision(tower, out, cfg)
+    record_seconds(work, "vision", time.time() - t0)
     _log(f"{VISION_STAGE}: done in {time.time() - t0:.0f} s, held-out {metrics['heldout']}")
     return out
 
@@ -206,6 +228,11 @@ def build_demo(
     torch.set_num_threads(threads)
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
+    cached = {
+        "data": work / "data" / "manifest.json",
+        "vision": work / VISION_STAGE / "umt.pt",
+    }
+    reused = [step for step, path in cached.items() if path.is_file()]
     data_dir = make_data(work, seed, scale)
     tok_dir, tokenizer = make_tokenizer(work, data_dir)
     vision_weights = make_vision_weights(work, seed, scale)
@@ -232,7 +259,13 @@ def build_demo(
         previous = result.final_dir
         _log(f"{stage}: done in {time.time() - t0:.0f} s")
     _install(previous, out, data_dir)
-    (work / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
+    times = recorded_seconds(work)
+    unknown = [step for step in reused if step not in times]
+    if unknown:
+        _log(f"warning: reused {unknown} without a recorded time; the reported training time leaves them out")
+    reused_seconds = {step: times[step] for step in reused if step in times}
+    (work / "wall_seconds.txt").write_text(f"{time.time() - started + sum(reused_seconds.values()):.1f}\n")
+    (work / "reused_seconds.json").write_text(json.dumps(reused_seconds) + "\n")
     return finish_demo(
         out,
         work,
@@ -321,11 +354,13 @@ def finish_demo(
     torch.set_num_threads(threads)
     data_dir = work / "data"
     wall = work / "wall_seconds.txt"
+    reused = work / "reused_seconds.json"
     report = {
         "seed": seed,
         "threads": threads,
         "scale": scale,
         "train_seconds": float(wall.read_text()) if wall.is_file() else None,
+        "reused_seconds": json.loads(reused.read_text()) if reused.is_file() else {},
         "stages": stage_rows(work),
         "data": _data_summary(json.loads((data_dir / "manifest.json").read_text())),
     }
@@ -451,7 +486,7 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "```",
         "",
         f"Training wall time: {(report['train_seconds'] or 0) / 60:.1f} min (data generation included), {threads} torch "
-        f"thread(s) + 1 decoding worker, on a 2-core CPU.",
+        f"thread(s) + 1 decoding worker, on a 2-core CPU.{_reuse_note(report)}",
         "",
         "## Stages",
         "",
@@ -478,6 +513,14 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         lines += _status_lines(report["eval"])
         lines += _eval_table(report["eval"])
     (model_dir / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _reuse_note(report: dict) -> str:
+    reused = report.get("reused_seconds") or {}
+    if not reused:
+        return ""
+    parts = ", ".join(f"{step} {seconds / 60:.1f} min" for step, seconds in reused.items())
+    return f" It includes cached steps reused from an earlier run of the same command in the same work dir ({parts})."
 
 
 def _vision_table(heldout: dict) -> list[str]:

@@ -239,15 +239,23 @@ def whiten_patch_embedding_(encoder: UMTEncoder, pixels: torch.Tensor, gain: flo
     p = encoder.cfg.patch_size
     c = pixels.shape[2]
     patches = pixels.flatten(0, 1).unfold(2, p, p).unfold(3, p, p)  # [N, C, gh, gw, p, p]
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * p * p).double()
-    mean = patches.mean(dim=0)
-    _, sv, vh = torch.linalg.svd(patches - mean, full_matrices=False)
-    k = min(proj.out_channels, vh.shape[0])
-    std = (sv[:k] / patches.shape[0] ** 0.5).clamp(min=1e-3)
-    weight = torch.zeros(proj.out_channels, c * p * p, dtype=torch.float64)
-    weight[:k] = vh[:k] / std[:, None] * gain
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * p * p)
+    weight, bias = pca_whitening(patches, proj.out_channels, gain)
     proj.weight.copy_(weight.reshape(proj.out_channels, c, 1, p, p).to(proj.weight.dtype))
-    proj.bias.copy_((-(weight @ mean)).to(proj.bias.dtype))  # centred: mean patch -> 0
+    proj.bias.copy_(bias.to(proj.bias.dtype))
+
+
+def pca_whitening(x: torch.Tensor, rows: int, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear map ``y = W x + b`` (``W [rows, D]``, float64) whose outputs are the leading principal components
+    of the samples ``x [N, D]``, centred and scaled to standard deviation ``gain``; rows past the rank are 0."""
+    x = x.double()
+    mean = x.mean(dim=0)
+    _, sv, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    k = min(rows, vh.shape[0])
+    std = (sv[:k] / x.shape[0] ** 0.5).clamp(min=1e-3)
+    weight = torch.zeros(rows, x.shape[1], dtype=torch.float64)
+    weight[:k] = vh[:k] / std[:, None] * gain
+    return weight, -(weight @ mean)
 
 
 @torch.no_grad()
@@ -355,5 +363,6 @@ __all__ = [
     "make_batch",
     "pretrain_vision",
     "umt_state_dict",
+    "pca_whitening",
     "whiten_patch_embedding_",
 ]
