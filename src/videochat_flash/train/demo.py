@@ -36,6 +36,8 @@ DATA = dict(
     long_seconds=(16, 48),
 )
 TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision)
+# What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists.
+CACHED_OUTPUTS = {"data": Path("data") / "manifest.json", "vision": Path(VISION_STAGE) / "umt.pt"}
 EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reported as single_* tasks
 SYSTEM_TEXTS = (
     "You are a helpful assistant.",
@@ -117,7 +119,7 @@ def make_data(work: Path, seed: int, scale: float) -> Path:
     from ..data.synth import generate_dataset
 
     data_dir = work / "data"
-    if (data_dir / "manifest.json").is_file():
+    if (work / CACHED_OUTPUTS["data"]).is_file():
         _log(f"data exists: {data_dir}")
         return data_dir
     # At tiny scales keep at least one global batch (8) of captions for the caption-only stage 1.
@@ -155,7 +157,7 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
     from .trainer import ModelSources, build_config
     from .vision_pretrain import VisionPretrainConfig, pretrain_vision
 
-    out = work / VISION_STAGE / "umt.pt"
+    out = work / CACHED_OUTPUTS["vision"]
     if out.is_file():
         _log(f"vision weights exist: {out}")
         return out
@@ -228,11 +230,7 @@ def build_demo(
     torch.set_num_threads(threads)
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
-    cached = {
-        "data": work / "data" / "manifest.json",
-        "vision": work / VISION_STAGE / "umt.pt",
-    }
-    reused = [step for step, path in cached.items() if path.is_file()]
+    reused = [step for step, path in CACHED_OUTPUTS.items() if (work / path).is_file()]
     data_dir = make_data(work, seed, scale)
     tok_dir, tokenizer = make_tokenizer(work, data_dir)
     vision_weights = make_vision_weights(work, seed, scale)
