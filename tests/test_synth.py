@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -179,6 +180,26 @@ def test_curriculum_pool_has_one_bigger_shape(data, records):
     assert {Path(e["json_path"]).name for e in stage0} == {
         f"single_{t}.jsonl" for t in ("caption", "mc_color", "mc_shape", "mc_direction")
     } | {"short_caption.jsonl"} | {f"short_{t}.jsonl" for t in MC_TASKS}
+
+
+def test_mc_phase_mixture_holds_only_multiple_choice(data):
+    mix = yaml.safe_load((data / "stage0_mc.yaml").read_text())["datasets"]
+    assert {Path(e["json_path"]).name for e in mix} == {
+        f"single_{t}.jsonl" for t in ("mc_color", "mc_shape", "mc_direction")
+    } | {f"short_{t}.jsonl" for t in MC_TASKS}
+
+
+def test_refresh_mixtures_serves_data_generated_before_a_mixture_existed(data, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(data, old, ignore=shutil.ignore_patterns("videos"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["stages"]["stage0_mc"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "stage0_mc.yaml").unlink()
+    refreshed = synth.refresh_mixtures(old)
+    assert (old / "stage0_mc.yaml").read_text() == (data / "stage0_mc.yaml").read_text()
+    assert refreshed == json.loads((data / "manifest.json").read_text())
+    assert json.loads((old / "manifest.json").read_text()) == refreshed
 
 
 def test_synthetic_records_mention_correct_answer(records):

@@ -9,6 +9,7 @@ Layout written by `generate_dataset` (paths inside records are relative to ``OUT
 
     OUT/manifest.json                    parameters, counts, record files (no absolute paths)
     OUT/stage0.yaml ... stage4.yaml      data mixtures (REFERENCE §9.1); paths relative to OUT
+    OUT/stage0_mc.yaml                   the demo's multiple-choice-only phase after stage 0
     OUT/annotations/<pool>_<task>.jsonl  one file per (pool, task); pools: single, short, long, niah
     OUT/videos/<pool>/<index>.mp4        H.264 yuv420p, square frames
 
@@ -51,6 +52,7 @@ __all__ = [
     "make_eval_set",
     "parse_interval",
     "record_problems",
+    "refresh_mixtures",
     "run",
     "score_mc",
     "summarize",
@@ -98,6 +100,9 @@ _STAGE3 = (
 STAGES: dict[str, list[tuple[str, str]]] = {
     # stage 0 reads a pre-trained tower (the demo's dense vision pre-training): one-shape and short scenes at once
     "stage0": [("single", t) for t in _SINGLE_TASKS] + [("short", "caption")] + [("short", t) for t in MC_TASKS],
+    # the demo's multiple-choice phase after stage 0: in the mixed stage 0 an answer letter is one supervised token
+    # against a caption's ~30, and the LLM stayed at chance on which attribute a letter names (colour or shape)
+    "stage0_mc": [("single", t) for t in _SINGLE_QA] + [("short", t) for t in MC_TASKS],
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,
@@ -466,6 +471,19 @@ def generate_dataset(
         "palette": list(COLORS),
         "shapes": list(SHAPES),
     }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def refresh_mixtures(root: str | os.PathLike, relative: bool = True) -> dict:
+    """(Re)write the mixture of every stage whose pools an already generated dataset holds, so data generated before
+    a mixture existed serves it too (the demo builder reuses its data); updates and returns the manifest."""
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    served = [s for s in STAGES if all(pool in manifest["videos"] for pool, _ in STAGES[s])]
+    for s in served:
+        _write_stage_yaml(root, s, manifest["annotations"], relative)
+    manifest["stages"] = {s: f"{s}.yaml" for s in served}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 

@@ -1,11 +1,12 @@
-"""Build the project's own demo model with one command: data, tokenizer, five training stages, evaluation.
+"""Build the project's own demo model with one command: data, tokenizer, the training stages, evaluation.
 
     videochat-flash demo --out models/videochat-flash-demo --seed 0
 
 1. synthetic moving-shape videos + annotations (`videochat_flash.data.synth`), one mixture per stage;
 2. a byte-level BPE tokenizer with the Qwen special tokens, trained on the annotation texts;
-3. the recipes in ``recipes/demo/`` (stage 0 from scratch, then the paper's stages 1–4), each stage starting
-   from the previous one's checkpoint, trained by the same trainer as the real recipes;
+3. the recipes in ``recipes/demo/`` (the tower's dense pre-training, stage 0 from scratch and its
+   multiple-choice phase, then the paper's stages 1–4), each stage starting from the previous one's checkpoint,
+   trained by the same trainer as the real recipes;
 4. the final checkpoint copied to ``--out`` with an example video, evaluated on held-out seeds with and
    without video-level compression, and a model card (README.md) holding the table and the commands.
 
@@ -24,7 +25,16 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_RECIPES = REPO_ROOT / "recipes" / "demo"
 VISION_STAGE = "stage0_vision"  # dense pre-training of the tower alone, before the trainer's stages
-STAGES = ("stage0_scratch", "stage1_connector", "stage2_short", "stage3_short_long", "stage4_highres")
+# recipe in recipes/demo/ -> the data mixture it reads (`data.synth.STAGES`), in training order
+STAGES = {
+    "stage0_scratch": "stage0",
+    "stage0_mc": "stage0_mc",
+    "stage1_connector": "stage1",
+    "stage2_short": "stage2",
+    "stage3_short_long": "stage3",
+    "stage4_highres": "stage4",
+}
+FIRST_STAGE = next(iter(STAGES))
 DATA = dict(
     num_samples=1200,
     num_long=240,
@@ -116,10 +126,11 @@ def recorded_seconds(work: Path) -> dict[str, float]:
 
 
 def make_data(work: Path, seed: int, scale: float) -> Path:
-    from ..data.synth import generate_dataset
+    from ..data.synth import generate_dataset, refresh_mixtures
 
     data_dir = work / "data"
     if (work / CACHED_OUTPUTS["data"]).is_file():
+        refresh_mixtures(data_dir)  # data from before a mixture was added still serves it
         _log(f"data exists: {data_dir}")
         return data_dir
     # At tiny scales keep at least one global batch (8) of captions for the caption-only stage 1.
@@ -161,7 +172,7 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
     if out.is_file():
         _log(f"vision weights exist: {out}")
         return out
-    tower = build_config(load_recipe(DEMO_RECIPES / f"{STAGES[0]}.yaml"), ModelSources()).vision
+    tower = build_config(load_recipe(DEMO_RECIPES / f"{FIRST_STAGE}.yaml"), ModelSources()).vision
     base = VisionPretrainConfig.from_yaml(DEMO_RECIPES / f"{VISION_STAGE}.yaml")
     cfg = replace(
         base,
@@ -190,7 +201,7 @@ def stage_overrides(
     max_steps: int,
     vision_weights: Path | None = None,
 ) -> list[str]:
-    mixture = data_dir / f"stage{k}.yaml"
+    mixture = data_dir / f"{STAGES[stage]}.yaml"
     out = [
         f"data.path={mixture}",
         f"train.output_dir={work / stage}",
@@ -235,7 +246,7 @@ def build_demo(
     tok_dir, tokenizer = make_tokenizer(work, data_dir)
     vision_weights = make_vision_weights(work, seed, scale)
     previous: Path | None = None
-    for k, stage in enumerate(STAGES):
+    for k, stage in enumerate(STAGES):  # k seeds the stage
         base = load_recipe(DEMO_RECIPES / f"{stage}.yaml")
         overrides = stage_overrides(
             stage,
@@ -468,7 +479,9 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "it gives the tower a direct signal, where training it only through a from-scratch LLM gave it almost none.",
         "Its patch embedding starts from the whitened principal components of sample patches and its MLP inputs at",
         "std 1/sqrt(width) (`videochat_flash.train.vision_pretrain`): shapes then start to be learned ~3x sooner.",
-        "Stage 0 then trains connector and LLM on that frozen tower (one-shape videos and 1–4-shape scenes), stage 1",
+        "Stage 0 then trains connector and LLM on that frozen tower (one-shape videos and 1–4-shape scenes), and",
+        "`stage0_mc` continues it on their multiple-choice questions alone (in the mixed stage an answer letter is one",
+        "supervised token against a caption's ~30, and the LLM stayed near chance on colour questions). Stage 1",
         "aligns the connector on captions, stage 2 tunes all parts on short scenes, stage 3 adds 16–48 s videos with",
         f"2–5 shapes, grounding and needles (needle videos listed {NIAH_REPEAT}x in the mixture), and stage 4 raises",
         "the resolution to 96 px (LLM frozen).",
