@@ -136,16 +136,16 @@ def test_mvbench_prompt_media_and_paths(tmp_path):
     )
 
     # video resolution: task folder table, overridable; missing files still resolve to the first candidate
-    vb = load_benchmark("mvbench", ANN, videos=tmp_path)
+    vb = bench("mvbench", videos=tmp_path)
     assert vb[0].video == str(tmp_path / "ssv2_video" / "166583.webm")
     ep2 = find(vb, "MVBench/json/episodic_reasoning.json", 0)
     assert ep2.video == str(tmp_path / "tvqa/frames_fps3_hq/castle_s07e04_seg02_clip_14")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "166583.webm").write_bytes(b"")
-    vb = load_benchmark("mvbench", ANN, videos=tmp_path, video_dirs={"action_antonym": "flat"})
+    vb = bench("mvbench", videos=tmp_path, video_dirs={"action_antonym": "flat"})
     assert vb[0].video == str(tmp_path / "flat" / "166583.webm")
     with pytest.raises(BenchmarkError, match="unknown tasks"):
-        load_benchmark("mvbench", ANN, videos=tmp_path, video_dirs={"action_antonyms": "x"})
+        bench("mvbench", videos=tmp_path, video_dirs={"action_antonyms": "x"})
 
 
 @pytest.mark.parametrize(
@@ -228,10 +228,10 @@ def test_mlvu_prompt_and_paths(tmp_path):
         "MLVU_MC/json/1_plotQA.json",
         {"question_type": "plotQA"},
     )
-    vb = load_benchmark("mlvu", ANN, videos=tmp_path)
+    vb = bench("mlvu", videos=tmp_path)
     assert vb[0].video == str(tmp_path / "1_plotQA" / "movie101_66.mp4")
     (tmp_path / "movie101_66.mp4").write_bytes(b"")  # flat layout is found as a fallback
-    assert load_benchmark("mlvu", ANN, videos=tmp_path)[0].video == str(tmp_path / "movie101_66.mp4")
+    assert bench("mlvu", videos=tmp_path)[0].video == str(tmp_path / "movie101_66.mp4")
 
 
 def test_lvbench_prompt_and_scores(tmp_path):
@@ -246,7 +246,7 @@ def test_lvbench_prompt_and_scores(tmp_path):
     assert b.score(it, "D") == 1.0
     assert b.score(it, "(D) 1633") == 1.0  # parentheses removed, first standalone letter D
     assert b.score(it, "1633") == 0.0  # no letter: "1633" != "D"
-    assert load_benchmark("lvbench", ANN, videos=tmp_path)[0].video == str(tmp_path / "00000000")
+    assert bench("lvbench", videos=tmp_path)[0].video == str(tmp_path / "00000000")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_videomme_prompts(tmp_path):
     }
 
     # subtitle variant without any .srt: bare newline, then the plain instruction, ends with "The best answer is:"
-    nosub = load_benchmark("videomme_w_subtitle", ANN, subtitles=tmp_path)[2]
+    nosub = bench("videomme_w_subtitle", subtitles=tmp_path)[2]
     assert nosub.prompt == "\n" + VMME_PLAIN + "\n" + VMME_Q2 + "\nThe best answer is:"
 
     srt = tmp_path / "fFjv93ACGo8.srt"
@@ -294,7 +294,7 @@ def test_videomme_prompts(tmp_path):
         "3\n00:00:05,000 --> 00:00:06,000\nuntagged line\n",
         encoding="utf-8",
     )
-    withsub = load_benchmark("videomme_w_subtitle", ANN, subtitles=tmp_path)[2]
+    withsub = bench("videomme_w_subtitle", subtitles=tmp_path)[2]
     assert withsub.prompt == (
         "This video's subtitles are listed below: \nHello there\nGeneral Kenobi\n"
         + VMME_SUBS
@@ -304,7 +304,7 @@ def test_videomme_prompts(tmp_path):
     )
     # an .srt with no tagged lines keeps the header, followed by the no-subtitle instruction
     srt.write_text("1\n00:00:01,000 --> 00:00:02,000\nplain text\n", encoding="utf-8")
-    untagged = load_benchmark("videomme_w_subtitle", ANN, subtitles=tmp_path)[2]
+    untagged = bench("videomme_w_subtitle", subtitles=tmp_path)[2]
     assert (
         untagged.prompt
         == "This video's subtitles are listed below: \n\n"
@@ -316,11 +316,11 @@ def test_videomme_prompts(tmp_path):
 
 
 def test_videomme_video_resolution(tmp_path):
-    assert load_benchmark("videomme", ANN, videos=tmp_path)[0].video == str(tmp_path / "fFjv93ACGo8.mp4")
+    assert bench("videomme", videos=tmp_path)[0].video == str(tmp_path / "fFjv93ACGo8.mp4")
     (tmp_path / "fFjv93ACGo8.mkv").write_bytes(b"")
-    assert load_benchmark("videomme", ANN, videos=tmp_path)[0].video == str(tmp_path / "fFjv93ACGo8.mkv")
+    assert bench("videomme", videos=tmp_path)[0].video == str(tmp_path / "fFjv93ACGo8.mkv")
     (tmp_path / "fFjv93ACGo8.MP4").write_bytes(b"")  # .MP4 is tried before .mkv
-    assert load_benchmark("videomme", ANN, videos=tmp_path)[0].video == str(tmp_path / "fFjv93ACGo8.MP4")
+    assert bench("videomme", videos=tmp_path)[0].video == str(tmp_path / "fFjv93ACGo8.MP4")
 
 
 @pytest.mark.parametrize(
@@ -406,7 +406,7 @@ def test_longvideobench_interleaved_subtitles(tmp_path):
         encoding="utf-8",
     )
     with pytest.warns(UserWarning, match="751 LongVideoBench subtitle files are missing"):
-        b = load_benchmark("longvideobench", ANN, subtitles=tmp_path)
+        b = bench("longvideobench", subtitles=tmp_path)
     assert b[53].prompt == (
         " This video's subtitles are listed below: \nhms line\nshort"
         + LVB_INSTR

@@ -431,3 +431,26 @@ def test_kv_cache_grows_clones_and_resets():
     assert twin.lengths == [7, 0] and cache.lengths == [10, 0]
     cache.reset()
     assert cache.lengths == [0, 0] and cache.nbytes() > 0
+
+
+def test_decode_attention_leaves_cudnn_out_and_matches_sdpa(monkeypatch):
+    """Decode steps on CUDA avoid cuDNN (a plan per new length: ~3x slower decode on an H200, see
+    benchmarks/README.md); the wrapper computes exactly what SDPA does, with or without a backend restriction."""
+    from torch.nn.attention import SDPBackend
+
+    from videochat_flash.model import attention
+
+    assert SDPBackend.CUDNN_ATTENTION not in attention.DECODE_BACKENDS
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=g) for n in (3, 5, 5))
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    for backends in (attention.DECODE_BACKENDS, None):
+        monkeypatch.setattr(attention, "DECODE_BACKENDS", backends)
+        for decode in (False, True):
+            assert torch.equal(attention.sdpa(q, k, v, attn_mask=mask, decode=decode), want)
+    if torch.cuda.is_available():  # the restricted path itself (run on the lent GPU machine)
+        qc, kc, vc = (t.cuda().bfloat16() for t in (q, k, v))
+        got = attention.sdpa(qc, kc, vc, decode=True).float().cpu()
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        assert torch.allclose(got, ref, atol=2e-2)

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import CompressionConfig, Qwen2Config
 from . import compress
+from .attention import sdpa
 from .kv_cache import KVCache
 from .rope import RotaryEmbedding, apply_rope
 
@@ -85,15 +86,15 @@ class Attention(nn.Module):
         if mask is None and t == 1:
             # One new token sees the whole cache (no mask): fold each KV head's query group into the query
             # axis, so the cache is read in place instead of being copied `groups` times per step.
-            out = F.scaled_dot_product_attention(q.view(b, self.n_kv, groups, self.head_dim), k, v)
+            out = sdpa(q.view(b, self.n_kv, groups, self.head_dim), k, v, decode=True)
             return self.o_proj(out.reshape(b, 1, -1))
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         if mask is not None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = sdpa(q, k, v, attn_mask=mask)
         elif past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = sdpa(q, k, v, is_causal=True)
         else:  # a chunk after cached tokens: causal with an offset (is_causal aligns top-left, wrong here)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t, past, x.device))
+            out = sdpa(q, k, v, attn_mask=causal_mask(t, past, x.device))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import UMTConfig
+from .attention import sdpa
 
 # The pretrained UMT-L tables were laid out for 4-frame clips at 224 px (14 x 14 patches); every other
 # geometry is interpolated from that one.
@@ -100,7 +101,7 @@ class Attention(nn.Module):
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = (self.qkv(x) + bias).view(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v)  # non-causal, scale head_dim^-0.5
+        out = sdpa(q, k, v)  # non-causal, scale head_dim^-0.5
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
