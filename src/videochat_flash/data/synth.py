@@ -37,7 +37,15 @@ import numpy as np
 
 from .scoring import extract_letter, iou, parse_interval, score_mc, score_record, summarize
 from .shapes import COLORS, NEEDLE_COLORS, SHAPES, frames_for, needle_frame, render_frame, sample_scene
-from .tasks import IMAGE, MC_TASKS, caption_record, grounding_record, mc_record, niah_record
+from .tasks import (
+    IMAGE,
+    MC_TASKS,
+    PER_OBJECT_TASKS,
+    caption_record,
+    grounding_record,
+    mc_record,
+    niah_record,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -89,6 +97,8 @@ _CRF = 18
 _SHORT_TASKS = ("caption", *MC_TASKS, "grounding")
 _SINGLE_QA = ("mc_color", "mc_shape", "mc_direction")  # counting one object teaches nothing
 _SINGLE_TASKS = ("caption", *_SINGLE_QA)
+# Training pools whose scenes get a question per object for `PER_OBJECT_TASKS` (evaluation sets keep one per video).
+_PER_OBJECT_POOLS = ("short", "long")
 # The mixture format has no weights: a file listed k times is read k times (k-fold up-sampling). Needle videos
 # are few (one question each) against ~7 questions per short/long video; once each they were ~1.5% of stage 3
 # and the demo's NIAH accuracy fell to 15%.
@@ -102,7 +112,9 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "stage0": [("single", t) for t in _SINGLE_TASKS] + [("short", "caption")] + [("short", t) for t in MC_TASKS],
     # the demo's multiple-choice phase after stage 0: in the mixed stage 0 an answer letter is one supervised token
     # against a caption's ~30, and the LLM stayed at chance on which attribute a letter names (colour or shape)
-    "stage0_mc": [("single", t) for t in _SINGLE_QA] + [("short", t) for t in MC_TASKS],
+    # (one-shape questions listed twice: per-object questions made short scenes' colour and shape files ~2.5x longer,
+    # and with one-shape questions diluted the LLM stayed at chance on a lone shape's colour, as in session 6's ablation)
+    "stage0_mc": [("single", t) for t in _SINGLE_QA] * 2 + [("short", t) for t in MC_TASKS],
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,
@@ -229,6 +241,12 @@ def _scene_job(job: dict) -> list[dict]:
             rec = mc_record(rng, scene, task, rid, rel, **common)
         if rec is not None:
             records.append(rec)
+        if rec is not None and task in PER_OBJECT_TASKS and job["pool"] in _PER_OBJECT_POOLS:
+            records += [
+                mc_record(rng, scene, task, f"{rid}_o{k}", rel, target=k, **common)
+                for k in range(len(scene.objects))
+                if k != rec["target"]
+            ]  # no random draw: the pool's other records and videos stay what they were
     return records
 
 

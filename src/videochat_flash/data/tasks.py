@@ -122,21 +122,31 @@ def caption(scene: Scene) -> str:
 
 # ---------------------------------------------------------------------------------------- MC questions
 
+# Tasks that ask about one object of the scene, named by its other attribute ("What color is the triangle?"):
+# training videos get one such question per object (`synth`), so that one video's questions have different
+# answers. With one question per video a from-scratch LLM could answer from the video alone and never read the
+# question: after 2,400 steps the demo scored 60% on its training scenes' colours and ~40% on new ones.
+PER_OBJECT_TASKS = ("mc_color", "mc_shape")
 
-def mc_question(rng: np.random.Generator, scene: Scene, task: str) -> tuple[str, list[str], int, dict] | None:
+
+
+def mc_question(
+    rng: np.random.Generator, scene: Scene, task: str, target: int | None = None
+) -> tuple[str, list[str], int, dict] | None:
     """(question, options, answer_index, extra ground truth) for an MC task, or None if not applicable.
 
-    Assumes every object of the scene has a distinct colour and a distinct shape.
+    ``target``: the object asked about by the per-object tasks (`PER_OBJECT_TASKS`); drawn from ``rng`` if None
+    (and then only then is ``rng`` used for it). Assumes every object has a distinct colour and a distinct shape.
     """
     objs = scene.objects
     if not objs:
         return None
     if task == "mc_color":
-        o = objs[int(rng.integers(0, len(objs)))]
+        o = objs[int(rng.integers(0, len(objs)))] if target is None else objs[target]
         options, idx = _fixed_options(o.color, COLORS)
         return f"What color is the {o.shape}?", options, idx, {"target": objs.index(o)}
     if task == "mc_shape":
-        o = objs[int(rng.integers(0, len(objs)))]
+        o = objs[int(rng.integers(0, len(objs)))] if target is None else objs[target]
         options, idx = _fixed_options(o.shape, SHAPES)
         return f"What shape is the {o.color} object?", options, idx, {"target": objs.index(o)}
     if task == "mc_direction":
@@ -161,9 +171,9 @@ def mc_question(rng: np.random.Generator, scene: Scene, task: str) -> tuple[str,
 
 
 def mc_record(
-    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, **extra
+    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, target: int | None = None, **extra
 ) -> dict | None:
-    q = mc_question(rng, scene, task)
+    q = mc_question(rng, scene, task, target)
     if q is None:
         return None
     question, options, idx, gt = q
