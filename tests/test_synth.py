@@ -23,7 +23,7 @@ from videochat_flash.data.shapes import (
     SIZES,
     object_position,
 )
-from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS
+from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS, PER_OBJECT_TASKS
 
 TINY = dict(
     num_samples=3,
@@ -189,6 +189,31 @@ def test_mc_phase_mixture_holds_only_multiple_choice(data):
     } | {f"short_{t}.jsonl" for t in MC_TASKS}
 
 
+def test_training_scenes_ask_about_every_object(records):
+    """Colour and shape questions: one per object of each training scene (different answers for one video), so a
+    model cannot answer from the video alone; the other tasks keep one question per video."""
+    from collections import defaultdict
+
+    checked = 0
+    for pool in ("short", "long"):
+        for task in PER_OBJECT_TASKS:
+            by_video = defaultdict(list)
+            for r in records:
+                if r["task"] == task and r["pool"] == pool:
+                    by_video[r["video"]].append(r)
+            assert by_video, (pool, task)
+            for rs in by_video.values():
+                objects = rs[0]["meta"]["objects"]
+                assert sorted(r["target"] for r in rs) == list(range(len(objects)))
+                key = "color" if task == "mc_color" else "shape"
+                assert {r["options"][r["answer_index"]] for r in rs} == {o[key] for o in objects}
+                checked += len(objects) > 1
+        for task in ("mc_direction", "mc_count", "grounding"):
+            videos = [r["video"] for r in records if r["task"] == task and r["pool"] == pool]
+            assert len(videos) == len(set(videos)), (pool, task)
+    assert checked  # some scene had several objects
+
+
 def test_refresh_mixtures_serves_data_generated_before_a_mixture_existed(data, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(data, old, ignore=shutil.ignore_patterns("videos"))
@@ -294,6 +319,8 @@ def test_eval_set_grid_and_evaluate(tmp_path):
     assert {r["task"] for r in recs} >= {"mc_color", "grounding", "niah"}
     for r in recs:
         assert synth.record_problems(r, tmp_path) == []
+    asked = [(r["video"], r["task"]) for r in recs]
+    assert len(asked) == len(set(asked))  # one question per video and task: per-object questions are for training
 
     seen = []
 
