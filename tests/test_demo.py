@@ -93,7 +93,7 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
         if record["task"] in lone:
             lone[record["task"]].append(score_mc(answer, record["answer_letter"], record["options"]))
     assert valid / len(records) >= 0.9
-    # measured on this seed: colour 20/20, shape 18/20; chance is 4/20 (P(>= 15 correct by guessing) < 1e-6).
+    # measured on this seed: colour 20/20, shape 20/20; chance is 4/20 (P(>= 15 correct by guessing) < 1e-6).
     # The model before the multiple-choice phase named a lone shape's colour at chance (4/20 here).
     for task, scores in lone.items():
         assert len(scores) == 20 and sum(scores) >= 15, (task, sum(scores))
