@@ -2,8 +2,8 @@
 
 Why: on Hopper (measured on an H200, torch 2.11, bfloat16) SDPA dispatches to cuDNN, which builds an execution
 plan for every new sequence length. Decoding makes a new length at every step, so each step paid ~1.7 ms of CPU
-time per layer: the 2B shape decoded 14–17 tokens/s, 51–55 without cuDNN, and the demo model's first bf16 answer
-took 2.5 s instead of 0.14 s. A prefill builds its plans once and cuDNN is the fastest kernel there (131k-token
+time per layer: the 2B shape decoded 14–18 tokens/s, 50–54 without cuDNN, and the demo model's first bf16 answer
+took 1.70 s instead of 0.18 s. A prefill builds its plans once and cuDNN is the fastest kernel there (131k-token
 prefill 3.4 s, against 5.2 s with flash), so only decode steps leave it out. See `benchmarks/bench_gpu.py`.
 """
 
