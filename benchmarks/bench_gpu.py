@@ -158,8 +158,8 @@ def speed(size: int, frame_counts: list[int], device: str, emit) -> None:
             embeds, span = model.embed_with_visual(prompt_ids(), visual)
             results = {}
             for name, compression in (("plain", None), ("compressed", published)):
-                generate(model.llm, embeds[None], GenerationConfig(max_new_tokens=2), visual=span,
-                         compression=compression)  # warm-up  # fmt: skip
+                warm_up = GenerationConfig(max_new_tokens=2)
+                generate(model.llm, embeds[None], warm_up, visual=span, compression=compression)
                 reset_peak()
                 res = generate(model.llm, embeds[None], settings, visual=span, compression=compression)
                 results[name] = (res, peak_bytes())

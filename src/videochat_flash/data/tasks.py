@@ -129,6 +129,10 @@ def caption(scene: Scene) -> str:
 PER_OBJECT_TASKS = ("mc_color", "mc_shape")
 
 
+def _asked_object(rng: np.random.Generator, objs: list, target: int | None):
+    """The object a per-object question asks about: ``objs[target]``, or one drawn from ``rng`` if None."""
+    return objs[int(rng.integers(0, len(objs)))] if target is None else objs[target]
+
 
 def mc_question(
     rng: np.random.Generator, scene: Scene, task: str, target: int | None = None
@@ -136,17 +140,19 @@ def mc_question(
     """(question, options, answer_index, extra ground truth) for an MC task, or None if not applicable.
 
     ``target``: the object asked about by the per-object tasks (`PER_OBJECT_TASKS`); drawn from ``rng`` if None
-    (and then only then is ``rng`` used for it). Assumes every object has a distinct colour and a distinct shape.
+    (only then is ``rng`` used for it). Assumes every object has a distinct colour and a distinct shape.
     """
+    if target is not None and task not in PER_OBJECT_TASKS:
+        raise ValueError(f"target is only for {PER_OBJECT_TASKS}, not {task!r}")
     objs = scene.objects
     if not objs:
         return None
     if task == "mc_color":
-        o = objs[int(rng.integers(0, len(objs)))] if target is None else objs[target]
+        o = _asked_object(rng, objs, target)
         options, idx = _fixed_options(o.color, COLORS)
         return f"What color is the {o.shape}?", options, idx, {"target": objs.index(o)}
     if task == "mc_shape":
-        o = objs[int(rng.integers(0, len(objs)))] if target is None else objs[target]
+        o = _asked_object(rng, objs, target)
         options, idx = _fixed_options(o.shape, SHAPES)
         return f"What shape is the {o.color} object?", options, idx, {"target": objs.index(o)}
     if task == "mc_direction":
