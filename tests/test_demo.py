@@ -5,7 +5,14 @@ from pathlib import Path
 
 from videochat_flash import VideoChatFlash
 from videochat_flash.inference.cache import TokenCache
-from videochat_flash.train.demo import DATA, build_demo, record_seconds, recorded_seconds, write_model_card
+from videochat_flash.train.demo import (
+    DATA,
+    build_demo,
+    missing_annotations,
+    record_seconds,
+    recorded_seconds,
+    write_model_card,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "videochat-flash-demo"
@@ -36,6 +43,17 @@ def test_tiny_end_to_end_pipeline(tmp_path):
         str(out / "example.mp4"), "What color is the circle?", generation={"max_new_tokens": 6}
     )
     assert isinstance(answer, str) and len(history) == 2
+
+
+def test_data_from_before_a_stage_file_existed_is_not_reused():
+    """A cached dataset lacking a file the stages now read (here the multi-turn records) is regenerated, not silently
+    trained without it."""
+    from videochat_flash.data.synth import STAGES
+
+    files = {f"annotations/{pool}_{task}.jsonl": 1 for stage in STAGES.values() for pool, task in stage}
+    assert missing_annotations({"annotations": files}) == []
+    del files["annotations/short_mc_multi.jsonl"]
+    assert missing_annotations({"annotations": files}) == ["annotations/short_mc_multi.jsonl"]
 
 
 def test_reused_build_steps_keep_their_recorded_time(tmp_path):

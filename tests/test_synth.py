@@ -23,7 +23,7 @@ from videochat_flash.data.shapes import (
     SIZES,
     object_position,
 )
-from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS, PER_OBJECT_TASKS
+from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS, MULTI_TURN_TASK, PER_OBJECT_TASKS
 
 TINY = dict(
     num_samples=3,
@@ -49,8 +49,19 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def records(data) -> list[dict]:
+def all_records(data) -> list[dict]:
     return [r for p in sorted((data / "annotations").glob("*.jsonl")) for r in synth.load_records(p)]
+
+
+@pytest.fixture(scope="module")
+def records(all_records) -> list[dict]:
+    """The one-question records (the multi-turn ones regroup them; see `multi_records`)."""
+    return [r for r in all_records if r["task"] != MULTI_TURN_TASK]
+
+
+@pytest.fixture(scope="module")
+def multi_records(all_records) -> list[dict]:
+    return [r for r in all_records if r["task"] == MULTI_TURN_TASK]
 
 
 _FRAMES: dict[str, np.ndarray] = {}
@@ -184,9 +195,42 @@ def test_curriculum_pool_has_one_bigger_shape(data, records):
 
 def test_mc_phase_mixture_holds_only_multiple_choice(data):
     mix = yaml.safe_load((data / "stage0_mc.yaml").read_text())["datasets"]
-    assert {Path(e["json_path"]).name for e in mix} == {
-        f"single_{t}.jsonl" for t in ("mc_color", "mc_shape", "mc_direction")
-    } | {f"short_{t}.jsonl" for t in MC_TASKS}
+    assert [Path(e["json_path"]).name for e in mix] == [
+        f"single_{MULTI_TURN_TASK}.jsonl",
+        f"single_{MULTI_TURN_TASK}.jsonl",
+        f"short_{MULTI_TURN_TASK}.jsonl",
+    ]
+
+
+def test_multi_turn_records_ask_every_question_of_their_video(data, records, multi_records):
+    """One per training video: exactly that video's multiple-choice records, each turn its question and answer,
+    the video placeholder once (first turn); the order is drawn per video (not always the task order)."""
+    by_id = {r["id"]: r for r in records}
+    mc_of_video: dict[str, set[str]] = {}
+    for r in records:
+        if r["task"] in MC_TASKS and r["pool"] in ("single", "short", "long"):
+            mc_of_video.setdefault(r["video"], set()).add(r["id"])
+    assert sorted(m["video"] for m in multi_records) == sorted(mc_of_video)
+    orders = set()
+    for m in multi_records:
+        assert synth.record_problems(m, data) == [], m["id"]
+        assert set(m["questions"]) == mc_of_video[m["video"]] and len(m["questions"]) == len(set(m["questions"]))
+        turns = m["conversations"]
+        assert len(turns) == 2 * len(m["questions"])
+        for k, qid in enumerate(m["questions"]):
+            q = by_id[qid]
+            human, gpt = turns[2 * k], turns[2 * k + 1]
+            assert human["from"] == "human" and gpt["from"] == "gpt"
+            assert human["value"] == ("<image>\n" if k == 0 else "") + q["prompt"] and gpt["value"] == q["answer"]
+        orders.add(tuple(by_id[q]["task"] for q in m["questions"]))
+    assert len(orders) > 1
+
+
+def test_multi_turn_records_pass_the_training_data_check(data):
+    from videochat_flash.train.data import check_annotations
+
+    for pool in ("single", "short", "long"):
+        assert check_annotations([data / "annotations" / f"{pool}_{MULTI_TURN_TASK}.jsonl"], template="qwen_2") == []
 
 
 def test_training_scenes_ask_about_every_object(records):

@@ -40,10 +40,12 @@ from .shapes import COLORS, NEEDLE_COLORS, SHAPES, frames_for, needle_frame, ren
 from .tasks import (
     IMAGE,
     MC_TASKS,
+    MULTI_TURN_TASK,
     PER_OBJECT_TASKS,
     caption_record,
     grounding_record,
     mc_record,
+    multi_turn_record,
     niah_record,
 )
 
@@ -99,6 +101,8 @@ _SINGLE_QA = ("mc_color", "mc_shape", "mc_direction")  # counting one object tea
 _SINGLE_TASKS = ("caption", *_SINGLE_QA)
 # Training pools whose scenes get a question per object for `PER_OBJECT_TASKS` (evaluation sets keep one per video).
 _PER_OBJECT_POOLS = ("short", "long")
+# Training pools that also get each video's multiple-choice questions as one multi-turn record (task `mc_multi`).
+_MULTI_TURN_POOLS = ("single", "short", "long")
 # The mixture format has no weights: a file listed k times is read k times (k-fold up-sampling). Needle videos
 # are few (one question each) against ~7 questions per short/long video; once each they were ~1.5% of stage 3
 # and the demo's NIAH accuracy fell to 15%.
@@ -114,7 +118,9 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # against a caption's ~30, and the LLM stayed at chance on which attribute a letter names (colour or shape)
     # (one-shape questions listed twice: per-object questions made short scenes' colour and shape files ~2.5x longer,
     # and with one-shape questions diluted the LLM stayed at chance on a lone shape's colour, as in session 6's ablation)
-    "stage0_mc": [("single", t) for t in _SINGLE_QA] * 2 + [("short", t) for t in MC_TASKS],
+    # (each video's questions as one multi-turn conversation: the visual tokens, ~80% of a sample's compute, are
+    # paid once for ~7 questions; with one question per sample the LLM saw ~3x fewer answers in the same time)
+    "stage0_mc": [("single", MULTI_TURN_TASK)] * 2 + [("short", MULTI_TURN_TASK)],
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,
@@ -196,10 +202,11 @@ def record_problems(record: dict, data_root: str | os.PathLike) -> list[str]:
 # ---------------------------------------------------------------------------------------- generation
 
 
-def _rng(seed: int, split: str, pool: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(
-        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _SPLITS[split], _POOLS[pool], index])
-    )
+def _rng(seed: int, split: str, pool: str, index: int, stream: int | None = None) -> np.random.Generator:
+    """The generator of one video; ``stream`` gives an independent one for extra draws that must leave the
+    video's own stream (and so its video and other records) unchanged."""
+    entropy = [int(seed) & 0xFFFFFFFF, _SPLITS[split], _POOLS[pool], index]
+    return np.random.default_rng(np.random.SeedSequence(entropy + ([] if stream is None else [stream])))
 
 
 def _duration(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -247,7 +254,16 @@ def _scene_job(job: dict) -> list[dict]:
                 for k in range(len(scene.objects))
                 if k != rec["target"]
             ]  # no random draw: the pool's other records and videos stay what they were
+    if job["pool"] in _MULTI_TURN_POOLS:
+        records.append(_multi_turn(job, records, f"{base}_{MULTI_TURN_TASK}", common))
     return records
+
+
+def _multi_turn(job: dict, records: list[dict], rid: str, common: dict) -> dict:
+    """All multiple-choice records of one video as one conversation, in an order drawn from a separate stream."""
+    questions = [r for r in records if r["task"] in MC_TASKS]
+    order = _rng(job["seed"], job["split"], job["pool"], job["index"], stream=1).permutation(len(questions))
+    return multi_turn_record([questions[k] for k in order], rid, **common)
 
 
 _SOURCE_CACHE: dict[int, list[np.ndarray]] = {}

@@ -127,6 +127,8 @@ def caption(scene: Scene) -> str:
 # answers. With one question per video a from-scratch LLM could answer from the video alone and never read the
 # question: after 2,400 steps the demo scored 60% on its training scenes' colours and ~40% on new ones.
 PER_OBJECT_TASKS = ("mc_color", "mc_shape")
+# Task name of a record holding all of a video's multiple-choice questions as one multi-turn conversation.
+MULTI_TURN_TASK = "mc_multi"
 
 
 def _asked_object(rng: np.random.Generator, objs: list, target: int | None):
@@ -196,6 +198,28 @@ def mc_record(
         **gt,
         **extra,
     )
+
+
+def multi_turn_record(records: Sequence[dict], rid: str, **extra) -> dict:
+    """One conversation asking every question of ``records`` (all about the same video) in the given order.
+
+    The video placeholder stays in the first human turn only, as in LLaVA-style multi-turn data. Training on one
+    such record costs the video's visual tokens once for all its questions instead of once per question.
+    """
+    if not records or len({r["video"] for r in records}) != 1:
+        raise ValueError("a multi-turn record needs at least one record, all about the same video")
+    turns = []
+    for k, r in enumerate(records):
+        prompt = (IMAGE + "\n" if k == 0 else "") + r["prompt"]
+        turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": r["answer"]}]
+    return {
+        "id": rid,
+        "video": records[0]["video"],
+        "conversations": turns,
+        "task": MULTI_TURN_TASK,
+        "questions": [r["id"] for r in records],
+        **extra,
+    }
 
 
 def caption_record(scene: Scene, rid: str, video: str, **extra) -> dict:

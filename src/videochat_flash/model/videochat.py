@@ -104,6 +104,7 @@ class VideoChatFlash(nn.Module):
         self.generation_config = generation_config or GenerationConfig()
         self.name_or_path: str | None = None  # where the weights came from (part of cache keys)
         self.clip_batch_size = 8
+        self.vision_cache = None  # set by the trainer for stages with a frozen tower (train.frozen_vision_cache_gb)
 
     # ------------------------------------------------------------------ construction
     @property
@@ -229,9 +230,15 @@ class VideoChatFlash(nn.Module):
         ]
         return torch.cat(out).flatten(0, 1)
 
+    def _tower(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's features of ``[B, F, 3, S, S]``; a trainer that froze the tower may set
+        ``vision_cache`` (`train.feature_cache.FrozenTowerCache`) to reuse them across epochs."""
+        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        return self.vision(pixels) if self.vision_cache is None else self.vision_cache(self.vision, pixels)
+
     def _encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
         """``[B, F, 3, S, S]`` -> ``[B, tokens_per_frame·F, D]``."""
-        features = self.vision(clips.to(device=self.device, dtype=self.dtype))
+        features = self._tower(clips)
         return self.projector(features, self.config.projector.tokens_per_frame * clips.shape[1])
 
     @torch.inference_mode()
@@ -249,7 +256,7 @@ class VideoChatFlash(nn.Module):
 
     def encode_image_pixels(self, pixels: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
         """Image tiles ``[1+P,3,S,S]`` -> ``[64·(1+P), D]`` (each tile a 1-frame clip, merged to 64 tokens)."""
-        features = self.vision(pixels[:, None].to(device=self.device, dtype=self.dtype))
+        features = self._tower(pixels[:, None])
         tokens = self.projector(features, self.config.projector.tokens_per_image)
         if grid is None or tokens.shape[0] == 1:
             return tokens.flatten(0, 1)

@@ -130,9 +130,13 @@ def make_data(work: Path, seed: int, scale: float) -> Path:
 
     data_dir = work / "data"
     if (work / CACHED_OUTPUTS["data"]).is_file():
-        refresh_mixtures(data_dir)  # data from before a mixture was added still serves it
-        _log(f"data exists: {data_dir}")
-        return data_dir
+        missing = missing_annotations(json.loads((work / CACHED_OUTPUTS["data"]).read_text()))
+        if not missing:
+            refresh_mixtures(data_dir)  # data from before a mixture was added still serves it
+            _log(f"data exists: {data_dir}")
+            return data_dir
+        _log(f"data in {data_dir} predates {', '.join(missing)}: generating it again")
+        shutil.rmtree(data_dir)
     # At tiny scales keep at least one global batch (8) of captions for the caption-only stage 1.
     floors = {"num_samples": 8, "num_long": 2, "num_niah": 2, "num_single": 8}
     sizes = {k: max(floors[k], int(v * scale)) if k in floors else v for k, v in DATA.items()}
@@ -141,6 +145,14 @@ def make_data(work: Path, seed: int, scale: float) -> Path:
     generate_dataset(data_dir, seed, stage="all", workers=1, **sizes)
     record_seconds(work, "data", time.time() - t0)
     return data_dir
+
+
+def missing_annotations(manifest: dict) -> list[str]:
+    """Annotation files the demo's stages read that a generated dataset (its manifest) lacks."""
+    from ..data.synth import STAGES as MIXTURES
+
+    needed = {f"annotations/{pool}_{task}.jsonl" for s in STAGES.values() for pool, task in MIXTURES[s]}
+    return sorted(needed - set(manifest.get("annotations", {})))
 
 
 def make_tokenizer(work: Path, data_dir: Path):

@@ -193,6 +193,9 @@ class TrainRecipe:
     compile: bool = False
     deterministic: bool = False
     save_steps: int | None = None  # None: only at the end
+    # > 0: keep the frozen tower's outputs (up to this many GiB) and reuse them when the same pixels come again
+    # (`feature_cache.FrozenTowerCache`); for multi-epoch stages with the tower frozen, refused otherwise
+    frozen_vision_cache_gb: float = 0.0
     keep_last: int = 2
     log_steps: int = 1
     compression: CompressionRecipe = field(default_factory=CompressionRecipe)

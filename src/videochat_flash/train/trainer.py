@@ -52,6 +52,7 @@ from .distributed import (
     init_distributed,
     wrap_model,
 )
+from .feature_cache import FrozenTowerCache
 from .recipes import TUNABLE_PARTS, Recipe, model_config_dict, resolve_path
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,21 @@ def configure_trainable(model: nn.Module, recipe: Recipe) -> lora_mod.LoraConfig
             elif any(name.startswith(p) for p in config.prefixes):
                 param.requires_grad_(False)
     return config
+
+
+def attach_vision_cache(model: nn.Module, recipe: Recipe) -> None:
+    """Give the model a `FrozenTowerCache` when the recipe asks for one; only valid with the tower frozen."""
+    gib = recipe.train.frozen_vision_cache_gb
+    if not gib:
+        return
+    if gib < 0:
+        raise ConfigError(f"train.frozen_vision_cache_gb must be >= 0, got {gib}")
+    if any(p.requires_grad for p in model.vision.parameters()):
+        raise ConfigError(
+            "train.frozen_vision_cache_gb needs a frozen vision tower (mm_vision_tower not in train.tunable_parts, "
+            "no LoRA on the tower)"
+        )
+    model.vision_cache = FrozenTowerCache(int(gib * 2**30))
 
 
 def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -432,6 +448,7 @@ class Trainer:
         recipe = self.recipe
         model = build_model(recipe, model_sources(recipe), resume_dir=self.resume_dir)
         lora_config = configure_trainable(model, recipe)
+        attach_vision_cache(model, recipe)
         if self.resume_dir is not None and lora_config is not None:
             lora_mod.load_adapter(model, self.resume_dir / ckpt.ADAPTER_DIR, key_map=ckpt.key_mapper())
         model.to(self.env.device)
@@ -587,6 +604,7 @@ class Trainer:
             self.save()
         final = ckpt.save_final_model(self.wrapped, self.output_dir, self.env, self.lora_config)
         skipped = self.report_skipped()
+        self.log_end()
         self.logger.close()
         return TrainResult(
             self.state.step,
@@ -596,6 +614,13 @@ class Trainer:
             self.output_dir,
             final,
         )
+
+    def log_end(self) -> None:
+        record = {"event": "end", "step": self.state.step, "samples_skipped": self.state.samples_skipped}
+        cache = getattr(self.model, "vision_cache", None)
+        if cache is not None:
+            record["vision_cache"] = cache.stats()
+        self.logger.log(record, echo=False)
 
     def record_skips(self, new: list[Skip]) -> None:
         """Merge newly skipped records of every rank (distinct records, by file:line) into the run's set."""
