@@ -617,7 +617,7 @@ class Trainer:
 
     def log_end(self) -> None:
         record = {"event": "end", "step": self.state.step, "samples_skipped": self.state.samples_skipped}
-        cache = getattr(self.model, "vision_cache", None)
+        cache = self.model.vision_cache
         if cache is not None:
             record["vision_cache"] = cache.stats()
         self.logger.log(record, echo=False)
