@@ -70,11 +70,14 @@ def padded(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_probe(
-    x, mask, asked, answer, train_idx, test_idx, checkpoints, batch: int, seed: int
+    x, mask, asked, answer, train_idx, test_idx, sizes, checkpoints, batch: int, seed: int
 ) -> dict[int, float]:
-    """Held-out accuracy of a fresh probe after each number of training samples in ``checkpoints``."""
+    """Held-out accuracy of a fresh probe after each number of training samples in ``checkpoints``.
+
+    ``sizes``: (number of values the asked field can take, number of options).
+    """
     torch.manual_seed(seed)
-    probe = AttentionProbe(x.shape[-1], int(asked.max()) + 1, int(answer.max()) + 1)
+    probe = AttentionProbe(x.shape[-1], *sizes)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.01)
     curve, step = {}, 0
     for samples in sorted(checkpoints):
@@ -134,7 +137,10 @@ def main() -> None:
             answer = torch.tensor([r["answer_index"] for r in recs])
             is_test = torch.tensor([r["video"] in test_videos for r in recs])
             train_idx, test_idx = (~is_test).nonzero().flatten(), is_test.nonzero().flatten()
-            curve = train_probe(x, mask, asked, answer, train_idx, test_idx, checkpoints, a.batch, a.seed)
+            sizes = (len(vocab[key]), len(recs[0]["options"]))
+            curve = train_probe(
+                x, mask, asked, answer, train_idx, test_idx, sizes, checkpoints, a.batch, a.seed
+            )
             no_compression = CompressionConfig(enabled=False)
             model_ok = [
                 score_mc(
