@@ -124,15 +124,15 @@ def main() -> None:
         )
         records = [json.loads(line) for line in eval_jsonl.read_text().splitlines()]
         records = [r for r in records if r["task"] in KEYS and len(r["meta"]["objects"]) > 1]
-        tokens = {}
+        encoded = {}  # video -> VideoTokens, encoded once for the probe and the model's own answers
         for r in records:
-            if r["video"] not in tokens:
-                tokens[r["video"]] = encode_video(model, str(eval_jsonl.parent / r["video"])).tokens.float()
-        videos = sorted(tokens)
+            if r["video"] not in encoded:
+                encoded[r["video"]] = encode_video(model, str(eval_jsonl.parent / r["video"]))
+        videos = sorted(encoded)
         test_videos = set(videos[int(0.8 * len(videos)) :])
         for task, key in KEYS.items():
             recs = [r for r in records if r["task"] == task]
-            x, mask = padded([tokens[r["video"]] for r in recs])
+            x, mask = padded([encoded[r["video"]].tokens.float() for r in recs])
             asked = torch.tensor([vocab[key].index(r["meta"]["objects"][r["target"]][key]) for r in recs])
             answer = torch.tensor([r["answer_index"] for r in recs])
             is_test = torch.tensor([r["video"] in test_videos for r in recs])
@@ -146,7 +146,7 @@ def main() -> None:
                 score_mc(
                     chat(
                         model,
-                        str(eval_jsonl.parent / recs[i]["video"]),
+                        encoded[recs[i]["video"]],
                         recs[i]["prompt"],
                         generation={"max_new_tokens": 8, "do_sample": False},
                         compression=no_compression,
