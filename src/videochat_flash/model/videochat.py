@@ -232,9 +232,13 @@ class VideoChatFlash(nn.Module):
 
     def _tower(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision tower's features of ``[B, F, 3, S, S]``; a trainer that froze the tower may set
-        ``vision_cache`` (`train.feature_cache.FrozenTowerCache`) to reuse them across epochs."""
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
-        return self.vision(pixels) if self.vision_cache is None else self.vision_cache(self.vision, pixels)
+        ``vision_cache`` (`train.feature_cache.FrozenTowerCache`) to reuse them across epochs. The cache keys on the
+        pixels as given (on the host, from the data loader), so a hit never copies them to the device."""
+
+        def tower(x: torch.Tensor) -> torch.Tensor:
+            return self.vision(x.to(device=self.device, dtype=self.dtype))
+
+        return tower(pixels) if self.vision_cache is None else self.vision_cache(tower, pixels)
 
     def _encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
         """``[B, F, 3, S, S]`` -> ``[B, tokens_per_frame·F, D]``."""

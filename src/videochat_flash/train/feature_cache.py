@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
 
 def pixels_key(pixels: torch.Tensor) -> tuple:
@@ -37,8 +37,11 @@ class FrozenTowerCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def __call__(self, tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        """``tower(pixels)``, computed once per distinct ``pixels`` while the entry stays in the cache."""
+    def __call__(self, tower: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+        """``tower(pixels)``, computed once per distinct ``pixels`` while the entry stays in the cache.
+
+        ``tower`` is any fixed function of the pixels (the frozen tower, with its device/dtype move).
+        """
         key = pixels_key(pixels)
         out = self._store.get(key)
         if out is not None:
