@@ -155,6 +155,9 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,
             if n == 0:
                 stream.height, stream.width = frame.shape[:2]
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            # Convert to the stream's format here: left to `stream.encode`, PyAV 18's conversion made the same
+            # frames encode differently from run to run (the first GOP's pixels moved by up to 21 levels).
+            vf = vf.reformat(format="yuv420p")
             for packet in stream.encode(vf):
                 container.mux(packet)
             n += 1
