@@ -1,6 +1,6 @@
 """Diagnostic: do the demo model's visual tokens carry "which colour goes with which shape"?
 
-The multiple-choice questions "What color is the <shape>?" and "What shape is the <color> object?" need the LLM to
+The multiple-choice questions "What color is the <shape>?" and "Which shape is <color>?" need the LLM to
 find the asked object among several. This script separates the two halves of that job on held-out videos:
 
 * **the tokens**: a one-layer linear attention probe (4 heads) whose query is a learned vector for the asked shape

@@ -104,7 +104,7 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     for record in records:
         video = str((eval_dir / record["video"]).resolve())
         answer, _ = model.chat(
-            video, record["prompt"], generation={"max_new_tokens": 8, "do_sample": False}, cache=cache
+            video, record["prompt"], generation={"max_new_tokens": 12, "do_sample": False}, cache=cache
         )
         letter = extract_letter(answer, record.get("options"))
         valid += letter is not None and "ABCDE".index(letter) < len(record["options"])

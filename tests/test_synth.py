@@ -55,8 +55,14 @@ def all_records(data) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def records(all_records) -> list[dict]:
-    """The one-question records (the multi-turn ones regroup them; see `multi_records`)."""
-    return [r for r in all_records if r["task"] != MULTI_TURN_TASK]
+    """The answerable one-question records (the multi-turn ones regroup them, see `multi_records`; questions about
+    an absent subject are in `absent_records`)."""
+    return [r for r in all_records if r["task"] != MULTI_TURN_TASK and not r.get("absent")]
+
+
+@pytest.fixture(scope="module")
+def absent_records(all_records) -> list[dict]:
+    return [r for r in all_records if r.get("absent")]
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +168,13 @@ def test_records_well_formed(data, records):
         if "answer_letter" in r:
             opts, k = r["options"], r["answer_index"]
             assert opts == list(VOCABULARY[r["task"] if r["task"] != "niah" else r["needle"]["question"]])
-            assert r["answer_letter"] == LETTERS[k] and r["answer"] == f"({LETTERS[k]}) {opts[k]}"
-            assert r["prompt"].startswith("Question: ") and r["prompt"].endswith(
-                "\n\nOnly give the best option."
-            )
+            assert r["answer_letter"] == LETTERS[k] and extract_letter(r["answer"], opts) == LETTERS[k]
+            if r["task"] in PER_OBJECT_TASKS:  # the subject from the question, right before the attribute
+                assert r["answer"] == f"The {r['subject']} {opts[k]} ({LETTERS[k]})."
+                assert r["question"].endswith(f" {r['subject']}?")
+            else:
+                assert r["answer"] == f"({LETTERS[k]}) {opts[k]}"
+            assert r["prompt"].startswith("Option:\n") and r["prompt"].endswith("\nQuestion: " + r["question"])
             assert f"({LETTERS[k]}) {opts[k]}\n" in r["prompt"]
         if r["task"] == "grounding":
             s, e = r["timestamp"]
@@ -202,12 +211,12 @@ def test_mc_phase_mixture_holds_only_multiple_choice(data):
     ]
 
 
-def test_multi_turn_records_ask_every_question_of_their_video(data, records, multi_records):
-    """One per training video: exactly that video's multiple-choice records, each turn its question and answer,
-    the video placeholder once (first turn); the order is drawn per video (not always the task order)."""
-    by_id = {r["id"]: r for r in records}
+def test_multi_turn_records_ask_every_question_of_their_video(data, records, absent_records, multi_records):
+    """One per training video: exactly that video's multiple-choice records (absent subjects too), each turn its
+    question and answer, the video placeholder once (first turn); the order is drawn per video."""
+    by_id = {r["id"]: r for r in records + absent_records}
     mc_of_video: dict[str, set[str]] = {}
-    for r in records:
+    for r in records + absent_records:
         if r["task"] in MC_TASKS and r["pool"] in ("single", "short", "long"):
             mc_of_video.setdefault(r["video"], set()).add(r["id"])
     assert sorted(m["video"] for m in multi_records) == sorted(mc_of_video)
@@ -256,6 +265,22 @@ def test_training_scenes_ask_about_every_object(records):
             videos = [r["video"] for r in records if r["task"] == task and r["pool"] == pool]
             assert len(videos) == len(set(videos)), (pool, task)
     assert checked  # some scene had several objects
+
+
+def test_training_scenes_also_ask_about_a_subject_they_lack(absent_records, multi_records):
+    """Each training video gets a colour and a shape question about a shape / colour it does not show (when one
+    is left), answered "The <subject> ... is not in the video." and asked in its multi-turn record too."""
+    absent = absent_records
+    assert {(r["pool"], r["task"]) for r in absent} == {
+        (p, t) for p in ("single", "short", "long") for t in PER_OBJECT_TASKS
+    }
+    for r in absent:
+        field = "shape" if r["task"] == "mc_color" else "color"
+        assert r["subject"] not in {o[field] for o in r["meta"]["objects"]}
+        assert r["question"].endswith(f" {r['subject']}?") and r["answer"].startswith(f"The {r['subject']} ")
+        assert r["answer"].endswith(" is not in the video.") and "answer_letter" not in r
+    asked = {q for m in multi_records for q in m["questions"]}
+    assert {r["id"] for r in absent} <= asked
 
 
 def test_refresh_mixtures_serves_data_generated_before_a_mixture_existed(data, tmp_path):

@@ -42,6 +42,7 @@ from .tasks import (
     MC_TASKS,
     MULTI_TURN_TASK,
     PER_OBJECT_TASKS,
+    absent_record,
     caption_record,
     grounding_record,
     mc_record,
@@ -101,6 +102,8 @@ _SINGLE_QA = ("mc_color", "mc_shape", "mc_direction")  # counting one object tea
 _SINGLE_TASKS = ("caption", *_SINGLE_QA)
 # Training pools whose scenes get a question per object for `PER_OBJECT_TASKS` (evaluation sets keep one per video).
 _PER_OBJECT_POOLS = ("short", "long")
+# Training pools whose scenes also get a `PER_OBJECT_TASKS` question about a subject they lack (`tasks.absent_record`).
+_ABSENT_POOLS = ("single", "short", "long")
 # Training pools that also get each video's multiple-choice questions as one multi-turn record (task `mc_multi`).
 _MULTI_TURN_POOLS = ("single", "short", "long")
 # The mixture format has no weights: a file listed k times is read k times (k-fold up-sampling). Needle videos
@@ -257,6 +260,11 @@ def _scene_job(job: dict) -> list[dict]:
                 for k in range(len(scene.objects))
                 if k != rec["target"]
             ]  # no random draw: the pool's other records and videos stay what they were
+        if rec is not None and task in PER_OBJECT_TASKS and job["pool"] in _ABSENT_POOLS:
+            stream = 2 + PER_OBJECT_TASKS.index(task)  # its own draws: the other records stay what they were
+            absent_rng = _rng(job["seed"], job["split"], job["pool"], job["index"], stream=stream)
+            extra = absent_record(absent_rng, scene, task, f"{rid}_absent", rel, **common)
+            records += [extra] if extra is not None else []
     if job["pool"] in _MULTI_TURN_POOLS:
         records.append(_multi_turn(job, records, f"{base}_{MULTI_TURN_TASK}", common))
     return records

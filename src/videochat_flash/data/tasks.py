@@ -1,13 +1,22 @@
 """Questions, answers and annotation records for synthetic scenes (pure functions, no I/O).
 
 Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE §11):
-* multiple choice — MVBench context ``"Question: q\\nOption:\\n(A) x\\n(B) y\\n\\nOnly give the best option."``,
-  answered ``"(B) y"``. The options are the question type's whole answer vocabulary in a fixed order (all
-  colours, all shapes, the four directions, counts 1–5), so a letter always names the same answer. Why: with
-  shuffled options the answer letter must be found by matching the answer to an option's text, and the demo's
-  from-scratch 4-layer LLM did not learn that within the hour of CPU it trains for (its letter loss stayed at
-  chance, ln 4, after 6,400 text-only "which option says X" samples), while it does learn to read the video;
-* temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
+* multiple choice — the MVBench pieces (REFERENCE §11.1) with the question moved to the end:
+  ``"Option:\n(A) x\n(B) y\nQuestion: q"``. The options are the question type's whole answer vocabulary in a
+  fixed order (all colours, all shapes, the four directions, counts 1–5), so a letter always names the same
+  answer. Why fixed: with shuffled options the answer letter must be found by matching the answer to an option's
+  text, and the demo's from-scratch 4-layer LLM did not learn that within the hour of CPU it trains for (its
+  letter loss stayed at chance, ln 4, after 6,400 text-only "which option says X" samples). Answers are
+  ``"(B) y"``, except for the questions about one object named by its other attribute (`PER_OBJECT_TASKS`),
+  answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the subject first, copied from the
+  question, then the asked attribute *right after it*, then the letter; the questions end with their subject
+  ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry the subject from the question
+  to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
+  visual tokens (`benchmarks/probe_routing.py`) the lookup keyed by the token it is on was exact after 600 steps,
+  where the letter asked in one step was right 34–62% of the time; copying the subject is the slower half, and
+  the question placed last helped it (66–83% against 52–55%). Training also asks about subjects the video lacks
+  (`absent_record`), so that the subject cannot be read off the video;
+* temporal grounding* temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
   ``"The event happens in the S - E seconds."``;
 * captions — ``"Describe the video."`` (stage 1 uses the `plain` template, which keeps only the caption).
 
@@ -30,7 +39,6 @@ LETTERS = "ABCDE"
 COUNTS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 
 CAPTION_PROMPT = "Describe the video."
-MC_SUFFIX = "\nOnly give the best option."
 GROUNDING_PRE = (
     "Please find the visual event described by a sentence in the video, determining its starting and ending "
     "times. The format should be: 'The event happens in the start time - end time'. For example, The event "
@@ -50,13 +58,17 @@ _ORDINAL_START = ("First", "Then", "Then", "Then", "Then", "Then")
 
 
 def mc_prompt(question: str, options: list[str]) -> str:
-    """MVBench context (REFERENCE §11.1)."""
+    """The options, then the question last, so its subject sits a few tokens before the answer."""
     lines = "".join(f"({LETTERS[i]}) {o}\n" for i, o in enumerate(options))
-    return "Question: " + question + "\nOption:\n" + lines + MC_SUFFIX
+    return "Option:\n" + lines + "Question: " + question
 
 
-def mc_answer(options: list[str], index: int) -> str:
-    return f"({LETTERS[index]}) {options[index]}"
+def mc_answer(options: list[str], index: int, subject: str | None = None) -> str:
+    """``"(B) y"``; with the asked object's ``subject`` ("triangle", "red"), the attribute follows it:
+    ``"The triangle yellow (D)."``, or ``"The red square (B)."`` when the subject is a colour."""
+    if subject is None:
+        return f"({LETTERS[index]}) {options[index]}"
+    return f"The {subject} {options[index]} ({LETTERS[index]})."
 
 
 def grounding_prompt(sentence: str) -> str:
@@ -152,11 +164,11 @@ def mc_question(
     if task == "mc_color":
         o = _asked_object(rng, objs, target)
         options, idx = _fixed_options(o.color, COLORS)
-        return f"What color is the {o.shape}?", options, idx, {"target": objs.index(o)}
+        return f"What color is the {o.shape}?", options, idx, {"target": objs.index(o), "subject": o.shape}
     if task == "mc_shape":
         o = _asked_object(rng, objs, target)
         options, idx = _fixed_options(o.shape, SHAPES)
-        return f"What shape is the {o.color} object?", options, idx, {"target": objs.index(o)}
+        return f"Which shape is {o.color}?", options, idx, {"target": objs.index(o), "subject": o.color}
     if task == "mc_direction":
         o = objs[int(rng.integers(0, len(objs)))]
         options, idx = _fixed_options(o.direction, DIRECTIONS)
@@ -189,7 +201,7 @@ def mc_record(
         rid,
         video,
         mc_prompt(question, options),
-        mc_answer(options, idx),
+        mc_answer(options, idx, gt.get("subject")),
         task,
         question=question,
         options=options,
@@ -197,6 +209,29 @@ def mc_record(
         answer_letter=LETTERS[idx],
         **gt,
         **extra,
+    )
+
+
+def absent_record(rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, **extra) -> dict | None:
+    """A per-object question about a subject the scene does NOT hold, answered ``"The star is not in the video."``
+    (``"The blue shape ..."`` for a colour); None when every shape (colour) is in the scene. Training only: such a
+    question can only be answered by reading its subject from the question, never from the video (with every
+    subject in view, the LLM learned to start its answer with a shape it saw instead of the one asked about)."""
+    if task not in PER_OBJECT_TASKS:
+        raise ValueError(f"absent questions are for {PER_OBJECT_TASKS}, not {task!r}")
+    field, vocabulary = ("shape", SHAPES) if task == "mc_color" else ("color", COLORS)
+    absent = [v for v in vocabulary if v not in {getattr(o, field) for o in scene.objects}]
+    if not absent:
+        return None
+    subject = absent[int(rng.integers(0, len(absent)))]
+    if task == "mc_color":
+        question, options, answer = f"What color is the {subject}?", list(COLORS), f"The {subject} is not in the video."
+    else:
+        question, options = f"Which shape is {subject}?", list(SHAPES)
+        answer = f"The {subject} shape is not in the video."
+    return make_record(
+        rid, video, mc_prompt(question, options), answer, task, question=question, options=options,
+        subject=subject, absent=True, **extra,
     )
 
 

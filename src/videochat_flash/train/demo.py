@@ -52,6 +52,9 @@ EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reporte
 SYSTEM_TEXTS = (
     "You are a helpful assistant.",
     "The video lasts for 12.00 seconds, and 12 frames are uniformly sampled from it.",
+    # the chat template's role names, so that each is one token: the answer's first words then sit closer to the
+    # question's last ones, which the answer copies (`data.tasks`)
+    "system\nuser\nassistant\n",
 )
 
 
@@ -483,7 +486,15 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "matches training), five colours (red, green, blue, yellow, white) and five shapes on mid-grey textured",
         "backgrounds. Multiple-choice questions list the question type's whole answer vocabulary in a fixed order",
         "(e.g. always `(A) red (B) green (C) blue (D) yellow (E) white`), so a letter names an answer; the model is",
-        "not trained to match shuffled options (its LLM did not learn that skill within the CPU hour).",
+        "not trained to match shuffled options (its LLM did not learn that skill within the CPU hour). The options",
+        "come first and the question last. A question about one object named by its other attribute is answered",
+        "with that subject, the asked attribute right after it and the letter (`What color is the triangle?` ->",
+        "`The triangle yellow (D).`; `Which shape is red?` -> `The red square (B).`): in a simulation of this LLM",
+        "(`benchmarks/probe_routing.py`) it learns a lookup keyed by the token it is on at once and the copy from a",
+        "few tokens back more slowly, while the letter asked in one step is right 34–62% of the time after as many",
+        "steps (600). Training also asks such",
+        "questions about a shape or colour the video lacks (`The star is not in the video.`), so that the subject",
+        "must come from the question.",
         "",
         "How it is trained: weights start from N(0, 0.02) (`videochat_flash.model.init`). `stage0_vision` stands in",
         "for UMT's own pre-training: the tower alone, with linear heads naming each patch's colour, shape, motion and",

@@ -1,0 +1,274 @@
+"""Diagnostic: which answer format lets the demo's from-scratch LLM route a question's subject to the video?
+
+"What color is the triangle?" asks the LLM to carry "triangle" from the question to where it answers and to look
+it up among the visual tokens of several objects. `probe_binding.py` showed that the demo's visual tokens hold
+the colour-shape binding and its LLM does not use it. This script isolates the LLM: the demo's LLM shape
+(`Qwen2ForCausalLM`, 4 layers, width 128, 4 heads) and a 2-layer MLP connector, trained from scratch on
+idealised scenes whose "visual tokens" are fixed random shape + colour vectors plus noise (16 tokens a frame,
+2 per object, 4-8 frames, 1-4 objects with random colours), with every sample fresh. It compares answer formats:
+
+* ``letter``: answer ``B`` (the asked attribute's letter in a fixed option list);
+* ``restate``: answer ``<subject> <value> B`` - the subject copied from the question, the asked value right after
+  it, then the letter; ``restate_sep`` puts one constant token between subject and value;
+
+with the question before or after the options (``--q-last``), and ``pad`` constant tokens between the end of
+the question and the answer (the chat template's ``<|im_end|>\\n<|im_start|>assistant\\n`` in the real data).
+Held-out accuracy is per supervised answer token, teacher-forced (for ``restate``: subject copy / value given
+the subject / letter given both).
+
+    python benchmarks/probe_routing.py --steps 600 --readme   # the table in benchmarks/README.md (~8 min, 1 core)
+
+Not a test: never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import append_readme, command_line, machine_line, markdown_table  # noqa: E402
+
+from videochat_flash.config import Qwen2Config  # noqa: E402
+from videochat_flash.model.init import init_weights_  # noqa: E402
+from videochat_flash.model.qwen2 import Qwen2ForCausalLM  # noqa: E402
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+COLORS = ("red", "green", "blue", "yellow", "white")
+LETTERS = ("A", "B", "C", "D", "E")
+FEATURE_DIM = 96  # the demo tower's width
+TOKENS_PER_FRAME = 16
+WORDS = (
+    (
+        "<pad>",
+        "<sys>",
+        "<user>",
+        "<asst>",
+        "<eot>",
+        "<vs>",
+        "<ve>",
+        "What",
+        "color",
+        "shape",
+        "is",
+        "the",
+        "?",
+        ":",
+    )
+    + ("Which", ".", "(A)", "(B)", "(C)", "(D)", "(E)")
+    + SHAPES
+    + COLORS
+    + LETTERS
+)
+VOCAB = {w: i for i, w in enumerate(WORDS)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    answer: str  # letter | restate | restate_sep
+    q_last: bool
+    pad: int = 0
+
+    @property
+    def slots(self) -> tuple:
+        """What each supervised answer token is scored as (None: the separator, a constant)."""
+        return {"letter": (0,), "restate": ("subject", "value", "letter")}.get(
+            self.answer, ("subject", None, "value", "letter")
+        )
+
+    @property
+    def name(self) -> str:
+        order = "question last" if self.q_last else "question first"
+        return f"{self.answer}, {order}" + (f", pad {self.pad}" if self.pad else "")
+
+
+VARIANTS = (
+    Variant("letter", q_last=False),
+    Variant("letter", q_last=True),
+    Variant("restate", q_last=False),
+    Variant("restate", q_last=True),
+    Variant("restate_sep", q_last=True),
+    Variant("restate", q_last=True, pad=5),
+    Variant("restate", q_last=True, pad=8),
+)
+
+
+class Scenes:
+    """Random scenes and their idealised visual tokens: shape vector + colour vector + noise per object token."""
+
+    def __init__(self, seed: int, noise: float = 0.5):
+        g = torch.Generator().manual_seed(1234)  # the same "tower" for every run
+        self.shape_vec = torch.randn(len(SHAPES), FEATURE_DIM, generator=g)
+        self.color_vec = torch.randn(len(COLORS), FEATURE_DIM, generator=g)
+        self.rng = random.Random(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.noise = noise
+
+    def scene(self) -> list[tuple[int, int]]:
+        """1-4 objects with distinct shapes; colours drawn freely, at least one of them unique (shape questions)."""
+        while True:
+            shapes = self.rng.sample(range(len(SHAPES)), self.rng.randint(1, 4))
+            objs = [(s, self.rng.randrange(len(COLORS))) for s in shapes]
+            colors = [c for _, c in objs]
+            if any(colors.count(c) == 1 for c in colors):
+                return objs
+
+    def tokens(self, objs: list[tuple[int, int]]) -> torch.Tensor:
+        frames = []
+        for _ in range(self.rng.randint(4, 8)):
+            frame = torch.randn(TOKENS_PER_FRAME, FEATURE_DIM, generator=self.gen) * self.noise
+            slots = self.rng.sample(range(TOKENS_PER_FRAME), 2 * len(objs))
+            for k, (s, c) in enumerate(objs):
+                for slot in slots[2 * k : 2 * k + 2]:
+                    noise = torch.randn(FEATURE_DIM, generator=self.gen) * self.noise
+                    frame[slot] = self.shape_vec[s] + self.color_vec[c] + noise
+            frames.append(frame)
+        return torch.cat(frames)
+
+
+def question(scenes: Scenes, objs, kind: str, variant: Variant) -> tuple[list[str], list[str]]:
+    """(prompt words after the video, supervised answer words) for a colour or a shape question."""
+    colors = [c for _, c in objs]
+    if kind == "color":
+        s, c = scenes.rng.choice(objs)
+        subject, value, ask = SHAPES[s], COLORS[c], ["What", "color", "is", "the", SHAPES[s], "?"]
+        options, letter = COLORS, LETTERS[c]
+    else:
+        s, c = scenes.rng.choice([o for o in objs if colors.count(o[1]) == 1])
+        subject, value, ask = COLORS[c], SHAPES[s], ["Which", "shape", "is", COLORS[c], "?"]
+        options, letter = SHAPES, LETTERS[s]
+    listing = [w for i, o in enumerate(options) for w in (f"({LETTERS[i]})", o)]
+    prompt = (listing + ask) if variant.q_last else (ask + listing)
+    prompt += ["<eot>", "<asst>"] + ["."] * variant.pad
+    if variant.answer == "letter":
+        return prompt, [letter]
+    sep = [":"] if variant.answer == "restate_sep" else []
+    return prompt, [subject, *sep, value, letter]
+
+
+def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None = None):
+    """Embedded sequences [B, L, D], mask, labels, and per supervised token: (row, position, target, slot)."""
+    samples = []
+    for _ in range(size):
+        objs = scenes.scene()
+        prompt, answer = question(scenes, objs, kind or scenes.rng.choice(["color", "shape"]), variant)
+        samples.append((scenes.tokens(objs), prompt, answer))
+    length = max(3 + v.shape[0] + 1 + len(p) + len(a) for v, p, a in samples)
+    x = torch.zeros(size, length, llm.cfg.hidden_size)
+    mask = torch.zeros(size, length, dtype=torch.bool)
+    labels = torch.full((size, length), -100)
+    targets = []
+    for b, (vis, prompt, answer) in enumerate(samples):
+        head = torch.tensor([VOCAB[w] for w in ("<sys>", "<user>", "<vs>")])
+        tail = torch.tensor([VOCAB[w] for w in ["<ve>", *prompt, *answer]])
+        emb = torch.cat([llm.embed(head), connector(vis), llm.embed(tail)])
+        n = emb.shape[0]
+        x[b, :n], mask[b, :n] = emb, True
+        for k in range(len(answer)):
+            pos = n - len(answer) + k
+            labels[b, pos] = tail[len(tail) - len(answer) + k]
+            targets.append((b, pos - 1, int(labels[b, pos]), variant.slots[k]))
+    return x, mask, labels, targets
+
+
+def evaluate(llm, connector, variant: Variant, seed: int) -> dict[str, dict[int | str, float]]:
+    scenes = Scenes(seed)
+    out = {}
+    with torch.no_grad():
+        for kind in ("color", "shape"):
+            right, total = {}, {}
+            for _ in range(4):
+                x, mask, _, targets = batch(scenes, llm, connector, variant, 32, kind)
+                logits, _, _ = llm(x, attention_mask=mask)
+                for b, pos, target, slot in targets:
+                    if slot is None:
+                        continue
+                    right[slot] = right.get(slot, 0) + int(logits[b, pos].argmax() == target)
+                    total[slot] = total.get(slot, 0) + 1
+            out[kind] = {slot: right[slot] / total[slot] for slot in total}
+    return out
+
+
+def train_variant(variant: Variant, steps: int, eval_every: int, seed: int) -> list[dict]:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(WORDS),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    llm = Qwen2ForCausalLM(cfg)
+    init_weights_(llm, seed=seed)
+    connector = nn.Sequential(nn.Linear(FEATURE_DIM, 128), nn.GELU(), nn.Linear(128, 128))
+    params = list(llm.parameters()) + list(connector.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    scenes = Scenes(seed)
+    history = []
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        x, mask, labels, _ = batch(scenes, llm, connector, variant, 8)
+        _, loss, _ = llm(x, attention_mask=mask, labels=labels)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % eval_every == 0:
+            history.append({"step": step, **evaluate(llm, connector, variant, seed=10_000)})
+            print(f"[{variant.name}] step {step} {history[-1]} ({time.time() - t0:.0f} s)", flush=True)
+    return history
+
+
+def cell(acc: dict) -> str:
+    if set(acc) == {0}:
+        return f"{100 * acc[0]:.0f}"
+    return " / ".join(f"{100 * acc[k]:.0f}" for k in ("subject", "value", "letter"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--readme", action="store_true", help="append the table to benchmarks/README.md")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    results = {v: train_variant(v, args.steps, args.eval_every, args.seed) for v in VARIANTS}
+    steps = [h["step"] for h in next(iter(results.values()))]
+    headers = ["format", "question"] + [f"{kind} @{s}" for kind in ("color", "shape") for s in steps]
+    rows = [
+        [v.name.split(",")[0], ", ".join(v.name.split(", ")[1:])]
+        + [cell(h[kind]) for kind in ("color", "shape") for h in hist]
+        for v, hist in results.items()
+    ]
+    table = markdown_table(headers, rows)
+    print(table)
+    if args.readme:
+        body = (
+            f"`{command_line()}` ({time.time() - t0:.0f} s; {machine_line()})\n\n"
+            "Held-out accuracy in % after N steps (batch 8, fresh samples). `letter`: the answer letter; "
+            "`restate` cells: subject copied / value given the subject / letter given both "
+            "(teacher-forced).\n\n" + table
+        )
+        append_readme("Routing probe: answer formats for the demo LLM (`probe_routing.py`)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
