@@ -270,17 +270,16 @@ def test_training_scenes_ask_about_every_object(records):
 def test_training_scenes_also_ask_about_a_subject_they_lack(absent_records, multi_records):
     """Each training video gets a colour and a shape question about a shape / colour it does not show (when one
     is left), answered "The <subject> ... is not in the video." and asked in its multi-turn record too."""
-    absent = absent_records
-    assert {(r["pool"], r["task"]) for r in absent} == {
+    assert {(r["pool"], r["task"]) for r in absent_records} == {
         (p, t) for p in ("single", "short", "long") for t in PER_OBJECT_TASKS
     }
-    for r in absent:
+    for r in absent_records:
         field = "shape" if r["task"] == "mc_color" else "color"
         assert r["subject"] not in {o[field] for o in r["meta"]["objects"]}
         assert r["question"].endswith(f" {r['subject']}?") and r["answer"].startswith(f"The {r['subject']} ")
         assert r["answer"].endswith(" is not in the video.") and "answer_letter" not in r
     asked = {q for m in multi_records for q in m["questions"]}
-    assert {r["id"] for r in absent} <= asked
+    assert {r["id"] for r in absent_records} <= asked
 
 
 def test_refresh_mixtures_serves_data_generated_before_a_mixture_existed(data, tmp_path):

@@ -2,7 +2,7 @@
 
 Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE §11):
 * multiple choice — the MVBench pieces (REFERENCE §11.1) with the question moved to the end:
-  ``"Option:\n(A) x\n(B) y\nQuestion: q"``. The options are the question type's whole answer vocabulary in a
+  ``"Option:\\n(A) x\\n(B) y\\nQuestion: q"``. The options are the question type's whole answer vocabulary in a
   fixed order (all colours, all shapes, the four directions, counts 1–5), so a letter always names the same
   answer. Why fixed: with shuffled options the answer letter must be found by matching the answer to an option's
   text, and the demo's from-scratch 4-layer LLM did not learn that within the hour of CPU it trains for (its
@@ -16,7 +16,7 @@ Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE �
   where the letter asked in one step was right 34–62% of the time; copying the subject is the slower half, and
   the question placed last helped it (66–83% against 52–55%). Training also asks about subjects the video lacks
   (`absent_record`), so that the subject cannot be read off the video;
-* temporal grounding* temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
+* temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
   ``"The event happens in the S - E seconds."``;
 * captions — ``"Describe the video."`` (stage 1 uses the `plain` template, which keeps only the caption).
 
@@ -229,10 +229,8 @@ def absent_record(rng: np.random.Generator, scene: Scene, task: str, rid: str, v
     else:
         question, options = f"Which shape is {subject}?", list(SHAPES)
         answer = f"The {subject} shape is not in the video."
-    return make_record(
-        rid, video, mc_prompt(question, options), answer, task, question=question, options=options,
-        subject=subject, absent=True, **extra,
-    )
+    prompt = mc_prompt(question, options)
+    return make_record(rid, video, prompt, answer, task, question=question, options=options, subject=subject, absent=True, **extra)
 
 
 def multi_turn_record(records: Sequence[dict], rid: str, **extra) -> dict:
