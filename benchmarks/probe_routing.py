@@ -77,6 +77,10 @@ class Variant:
     answer: str  # letter | restate | restate_sep
     q_last: bool
     pad: int = 0
+    turns: int = 1  # questions per sample (multi-turn)
+    visual_scale: float = (
+        1.0  # multiplies the connector's output (the demo's visual tokens are ~30x the text's norm)
+    )
 
     @property
     def slots(self) -> tuple:
@@ -88,7 +92,10 @@ class Variant:
     @property
     def name(self) -> str:
         order = "question last" if self.q_last else "question first"
-        return f"{self.answer}, {order}" + (f", pad {self.pad}" if self.pad else "")
+        extra = f", pad {self.pad}" if self.pad else ""
+        extra += f", {self.turns} turns" if self.turns > 1 else ""
+        extra += f", visual x{self.visual_scale:g}" if self.visual_scale != 1 else ""
+        return f"{self.answer}, {order}" + extra
 
 
 VARIANTS = (
@@ -99,6 +106,8 @@ VARIANTS = (
     Variant("restate_sep", q_last=True),
     Variant("restate", q_last=True, pad=5),
     Variant("restate", q_last=True, pad=8),
+    Variant("restate", q_last=True, pad=5, turns=4),
+    Variant("restate", q_last=True, pad=5, visual_scale=30),
 )
 
 
@@ -156,27 +165,35 @@ def question(scenes: Scenes, objs, kind: str, variant: Variant) -> tuple[list[st
 
 
 def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None = None):
-    """Embedded sequences [B, L, D], mask, labels, and per supervised token: (row, position, target, slot)."""
+    """Embedded sequences [B, L, D], mask, labels, and per supervised token: (row, position, target, slot).
+
+    With ``variant.turns`` > 1 a sample asks several questions about its scene, one turn each (as the demo's
+    multi-turn records do); every turn's answer is supervised and scored."""
     samples = []
     for _ in range(size):
         objs = scenes.scene()
-        prompt, answer = question(scenes, objs, kind or scenes.rng.choice(["color", "shape"]), variant)
-        samples.append((scenes.tokens(objs), prompt, answer))
-    length = max(3 + v.shape[0] + 1 + len(p) + len(a) for v, p, a in samples)
+        words, scored = ["<ve>"], []  # scored: (index in words, slot)
+        for turn in range(variant.turns):
+            prompt, answer = question(scenes, objs, kind or scenes.rng.choice(["color", "shape"]), variant)
+            words += (["<user>"] if turn else []) + prompt
+            scored += [(len(words) + k, slot) for k, slot in enumerate(variant.slots)]
+            words += answer + (["<eot>"] if turn + 1 < variant.turns else [])
+        samples.append((scenes.tokens(objs), words, scored))
+    length = max(3 + v.shape[0] + len(w) for v, w, _ in samples)
     x = torch.zeros(size, length, llm.cfg.hidden_size)
     mask = torch.zeros(size, length, dtype=torch.bool)
     labels = torch.full((size, length), -100)
     targets = []
-    for b, (vis, prompt, answer) in enumerate(samples):
-        head = torch.tensor([VOCAB[w] for w in ("<sys>", "<user>", "<vs>")])
-        tail = torch.tensor([VOCAB[w] for w in ["<ve>", *prompt, *answer]])
-        emb = torch.cat([llm.embed(head), connector(vis), llm.embed(tail)])
+    head = torch.tensor([VOCAB[w] for w in ("<sys>", "<user>", "<vs>")])
+    for b, (vis, words, scored) in enumerate(samples):
+        tail = torch.tensor([VOCAB[w] for w in words])
+        emb = torch.cat([llm.embed(head), connector(vis) * variant.visual_scale, llm.embed(tail)])
         n = emb.shape[0]
         x[b, :n], mask[b, :n] = emb, True
-        for k in range(len(answer)):
-            pos = n - len(answer) + k
-            labels[b, pos] = tail[len(tail) - len(answer) + k]
-            targets.append((b, pos - 1, int(labels[b, pos]), variant.slots[k]))
+        for k, slot in scored:
+            pos = n - len(words) + k
+            labels[b, pos] = tail[k]
+            targets.append((b, pos - 1, int(tail[k]), slot))
     return x, mask, labels, targets
 
 
@@ -246,10 +263,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--readme", action="store_true", help="append the table to benchmarks/README.md")
+    p.add_argument("--only", default="", help="run only the variants whose name contains this text")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    results = {v: train_variant(v, args.steps, args.eval_every, args.seed) for v in VARIANTS}
+    chosen = [v for v in VARIANTS if args.only in v.name]
+    results = {v: train_variant(v, args.steps, args.eval_every, args.seed) for v in chosen}
     steps = [h["step"] for h in next(iter(results.values()))]
     headers = ["format", "question"] + [f"{kind} @{s}" for kind in ("color", "shape") for s in steps]
     rows = [
