@@ -78,9 +78,9 @@ class Variant:
     q_last: bool
     pad: int = 0
     turns: int = 1  # questions per sample (multi-turn)
-    visual_scale: float = (
-        1.0  # multiplies the connector's output (the demo's visual tokens are ~30x the text's norm)
-    )
+    # multiplies the connector's output (the demo's visual tokens are ~30x the text embeddings' norm)
+    visual_scale: float = 1.0
+    lone: float = 0.0  # share of training scenes with one object (the demo's MC phase: ~0.7), the rest 2-4
 
     @property
     def slots(self) -> tuple:
@@ -95,6 +95,7 @@ class Variant:
         extra = f", pad {self.pad}" if self.pad else ""
         extra += f", {self.turns} turns" if self.turns > 1 else ""
         extra += f", visual x{self.visual_scale:g}" if self.visual_scale != 1 else ""
+        extra += f", {self.lone:.0%} lone" if self.lone else ""
         return f"{self.answer}, {order}" + extra
 
 
@@ -108,6 +109,7 @@ VARIANTS = (
     Variant("restate", q_last=True, pad=8),
     Variant("restate", q_last=True, pad=5, turns=4),
     Variant("restate", q_last=True, pad=5, visual_scale=30),
+    Variant("restate", q_last=True, pad=5, lone=0.7),
 )
 
 
@@ -122,10 +124,11 @@ class Scenes:
         self.gen = torch.Generator().manual_seed(seed)
         self.noise = noise
 
-    def scene(self) -> list[tuple[int, int]]:
+    def scene(self, lone: float = 0.0) -> list[tuple[int, int]]:
         """1-4 objects with distinct shapes; colours drawn freely, at least one of them unique (shape questions)."""
         while True:
-            shapes = self.rng.sample(range(len(SHAPES)), self.rng.randint(1, 4))
+            count = 1 if lone and self.rng.random() < lone else self.rng.randint(1 if not lone else 2, 4)
+            shapes = self.rng.sample(range(len(SHAPES)), count)
             objs = [(s, self.rng.randrange(len(COLORS))) for s in shapes]
             colors = [c for _, c in objs]
             if any(colors.count(c) == 1 for c in colors):
@@ -171,7 +174,7 @@ def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None 
     multi-turn records do); every turn's answer is supervised and scored."""
     samples = []
     for _ in range(size):
-        objs = scenes.scene()
+        objs = scenes.scene(variant.lone if kind is None else 0.0)  # held-out scenes: always 1-4 objects
         words, scored = ["<ve>"], []  # scored: (index in words, slot)
         for turn in range(variant.turns):
             prompt, answer = question(scenes, objs, kind or scenes.rng.choice(["color", "shape"]), variant)
