@@ -134,6 +134,15 @@ STAGES: dict[str, list[tuple[str, str]]] = {
 # ------------------------------------------------------------------------------------------------ I/O
 
 
+def _zero_plane_padding(frame) -> None:
+    """Zero the bytes past each plane's width in its rows (left uninitialised by FFmpeg's allocator); the encoder
+    can read them, and then the same frames gave different mp4 bytes now and then."""
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size).copy()
+        rows[:, plane.width :] = 0
+        plane.update(rows.tobytes())
+
+
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, crf: int = _CRF) -> int:
     """Encode RGB uint8 frames [S, S, 3] to an H.264 (libx264, yuv420p) mp4; returns the frame count.
 
@@ -161,6 +170,7 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,
             # Convert to the stream's format here: left to `stream.encode`, PyAV 18's conversion made the same
             # frames encode differently from run to run (the first GOP's pixels moved by up to 21 levels).
             vf = vf.reformat(format="yuv420p")
+            _zero_plane_padding(vf)
             for packet in stream.encode(vf):
                 container.mux(packet)
             n += 1
