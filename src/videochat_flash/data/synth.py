@@ -135,8 +135,9 @@ STAGES: dict[str, list[tuple[str, str]]] = {
 
 
 def _zero_plane_padding(frame) -> None:
-    """Zero the bytes past each plane's width in its rows (left uninitialised by FFmpeg's allocator); the encoder
-    can read them, and then the same frames gave different mp4 bytes now and then."""
+    """Zero the bytes past each plane's width in its rows, which FFmpeg's allocator leaves uninitialised. After the
+    explicit conversion above, one run in several still encoded the same frames differently; these bytes were the
+    only input left undefined. Not proven to be the cause: the failure is too rare to reproduce on demand."""
     for plane in frame.planes:
         rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size).copy()
         rows[:, plane.width :] = 0
