@@ -143,6 +143,11 @@ PER_OBJECT_TASKS = ("mc_color", "mc_shape")
 MULTI_TURN_TASK = "mc_multi"
 
 
+def per_object_question(task: str, subject: str) -> str:
+    """The `PER_OBJECT_TASKS` question, ending with its subject: a shape for mc_color, a colour for mc_shape."""
+    return f"What color is the {subject}?" if task == "mc_color" else f"Which shape is {subject}?"
+
+
 def _asked_object(rng: np.random.Generator, objs: list, target: int | None):
     """The object a per-object question asks about: ``objs[target]``, or one drawn from ``rng`` if None."""
     return objs[int(rng.integers(0, len(objs)))] if target is None else objs[target]
@@ -164,11 +169,11 @@ def mc_question(
     if task == "mc_color":
         o = _asked_object(rng, objs, target)
         options, idx = _fixed_options(o.color, COLORS)
-        return f"What color is the {o.shape}?", options, idx, {"target": objs.index(o), "subject": o.shape}
+        return per_object_question(task, o.shape), options, idx, {"target": objs.index(o), "subject": o.shape}
     if task == "mc_shape":
         o = _asked_object(rng, objs, target)
         options, idx = _fixed_options(o.shape, SHAPES)
-        return f"Which shape is {o.color}?", options, idx, {"target": objs.index(o), "subject": o.color}
+        return per_object_question(task, o.color), options, idx, {"target": objs.index(o), "subject": o.color}
     if task == "mc_direction":
         o = objs[int(rng.integers(0, len(objs)))]
         options, idx = _fixed_options(o.direction, DIRECTIONS)
@@ -224,11 +229,9 @@ def absent_record(rng: np.random.Generator, scene: Scene, task: str, rid: str, v
     if not absent:
         return None
     subject = absent[int(rng.integers(0, len(absent)))]
-    if task == "mc_color":
-        question, options, answer = f"What color is the {subject}?", list(COLORS), f"The {subject} is not in the video."
-    else:
-        question, options = f"Which shape is {subject}?", list(SHAPES)
-        answer = f"The {subject} shape is not in the video."
+    options = list(COLORS if task == "mc_color" else SHAPES)
+    answer = f"The {subject}{'' if task == 'mc_color' else ' shape'} is not in the video."
+    question = per_object_question(task, subject)
     prompt = mc_prompt(question, options)
     return make_record(rid, video, prompt, answer, task, question=question, options=options, subject=subject, absent=True, **extra)
 
