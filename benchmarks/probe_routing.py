@@ -64,7 +64,7 @@ WORDS = (
         "?",
         ":",
     )
-    + ("Which", ".", "(A)", "(B)", "(C)", "(D)", "(E)")
+    + ("Which", ".", "(A)", "(B)", "(C)", "(D)", "(E)", "absent")
     + SHAPES
     + COLORS
     + LETTERS
@@ -81,6 +81,9 @@ class Variant:
     # multiplies the connector's output (the demo's visual tokens are ~30x the text embeddings' norm)
     visual_scale: float = 1.0
     lone: float = 0.0  # share of training scenes with one object (the demo's MC phase: ~0.7), the rest 2-4
+    # share of training questions whose subject is drawn from the whole vocabulary, present in the scene or not
+    # (answered ``<subject> absent`` when not): the video alone then says nothing of which subject is asked
+    any_subject: float = 0.0
 
     @property
     def slots(self) -> tuple:
@@ -96,6 +99,7 @@ class Variant:
         extra += f", {self.turns} turns" if self.turns > 1 else ""
         extra += f", visual x{self.visual_scale:g}" if self.visual_scale != 1 else ""
         extra += f", {self.lone:.0%} lone" if self.lone else ""
+        extra += f", {self.any_subject:.0%} any subject" if self.any_subject else ""
         return f"{self.answer}, {order}" + extra
 
 
@@ -110,6 +114,8 @@ VARIANTS = (
     Variant("restate", q_last=True, pad=5, turns=4),
     Variant("restate", q_last=True, pad=5, visual_scale=30),
     Variant("restate", q_last=True, pad=5, lone=0.7),
+    Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=0.5),
+    Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=1.0),
 )
 
 
@@ -147,9 +153,24 @@ class Scenes:
         return torch.cat(frames)
 
 
-def question(scenes: Scenes, objs, kind: str, variant: Variant) -> tuple[list[str], list[str]]:
-    """(prompt words after the video, supervised answer words) for a colour or a shape question."""
+def question(
+    scenes: Scenes, objs, kind: str, variant: Variant, any_subject: float = 0.0
+) -> tuple[list[str], list[str]]:
+    """(prompt words after the video, supervised answer words) for a colour or a shape question; with probability
+    ``any_subject`` the subject is drawn from the whole vocabulary (answer ``<subject> absent`` if not in view)."""
     colors = [c for _, c in objs]
+    if scenes.rng.random() < any_subject:
+        vocabulary = SHAPES if kind == "color" else COLORS
+        subject = scenes.rng.choice(vocabulary)
+        present = [o for o in objs if (SHAPES[o[0]] if kind == "color" else COLORS[o[1]]) == subject]
+        if not present:
+            options = COLORS if kind == "color" else SHAPES
+            ask = ["What", "color", "is", "the", subject, "?"] if kind == "color" else ["Which", "shape", "is", subject, "?"]
+            listing = [w for i, o in enumerate(options) for w in (f"({LETTERS[i]})", o)]
+            prompt = ((listing + ask) if variant.q_last else (ask + listing)) + ["<eot>", "<asst>"] + ["."] * variant.pad
+            return prompt, [subject, "absent"]
+        if kind == "shape" and colors.count(present[0][1]) > 1:
+            kind = "color"  # an ambiguous colour: ask a colour question instead
     if kind == "color":
         s, c = scenes.rng.choice(objs)
         subject, value, ask = SHAPES[s], COLORS[c], ["What", "color", "is", "the", SHAPES[s], "?"]
@@ -177,9 +198,10 @@ def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None 
         objs = scenes.scene(variant.lone if kind is None else 0.0)  # held-out scenes: always 1-4 objects
         words, scored = ["<ve>"], []  # scored: (index in words, slot)
         for turn in range(variant.turns):
-            prompt, answer = question(scenes, objs, kind or scenes.rng.choice(["color", "shape"]), variant)
+            share = variant.any_subject if kind is None else 0.0  # held-out questions: present subjects only
+            prompt, answer = question(scenes, objs, kind or scenes.rng.choice(["color", "shape"]), variant, share)
             words += (["<user>"] if turn else []) + prompt
-            scored += [(len(words) + k, slot) for k, slot in enumerate(variant.slots)]
+            scored += [(len(words) + k, slot) for k, slot in enumerate(variant.slots[: len(answer)])]
             words += answer + (["<eot>"] if turn + 1 < variant.turns else [])
         samples.append((scenes.tokens(objs), words, scored))
     length = max(3 + v.shape[0] + len(w) for v, w, _ in samples)

@@ -242,42 +242,48 @@ def test_multi_turn_records_pass_the_training_data_check(data):
         assert check_annotations([data / "annotations" / f"{pool}_{MULTI_TURN_TASK}.jsonl"], template="qwen_2") == []
 
 
-def test_training_scenes_ask_about_every_object(records):
-    """Colour and shape questions: one per object of each training scene (different answers for one video), so a
-    model cannot answer from the video alone; the other tasks keep one question per video."""
+def test_training_scenes_ask_about_subjects_from_the_whole_vocabulary(records, absent_records):
+    """Colour and shape questions: per training scene and task, one about an object in view plus one more per object
+    about distinct subjects drawn from the whole vocabulary (`tasks.subject_records`), so the video alone does not
+    say which subject is asked; those in view are answered with the object's attribute, the others as absent. The
+    other tasks keep one question per video."""
     from collections import defaultdict
 
-    checked = 0
-    for pool in ("short", "long"):
+    seen_present_extra = seen_absent = 0
+    for pool in ("single", "short", "long"):
         for task in PER_OBJECT_TASKS:
             by_video = defaultdict(list)
-            for r in records:
+            for r in records + absent_records:
                 if r["task"] == task and r["pool"] == pool:
                     by_video[r["video"]].append(r)
             assert by_video, (pool, task)
+            field = "shape" if task == "mc_color" else "color"
             for rs in by_video.values():
                 objects = rs[0]["meta"]["objects"]
-                assert sorted(r["target"] for r in rs) == list(range(len(objects)))
-                key = "color" if task == "mc_color" else "shape"
-                assert {r["options"][r["answer_index"]] for r in rs} == {o[key] for o in objects}
-                checked += len(objects) > 1
+                assert len(rs) == len(objects) + 1
+                assert len({r["subject"] for r in rs}) == len(rs)
+                assert not rs[0].get("absent")  # the first one asks about an object in view
+                for r in rs:
+                    assert r["question"].endswith(f" {r['subject']}?") and r["answer"].startswith(f"The {r['subject']} ")
+                    if r.get("absent"):
+                        assert r["subject"] not in {o[field] for o in objects} and "answer_letter" not in r
+                        assert r["answer"].endswith(" is not in the video.")
+                        seen_absent += 1
+                    else:
+                        obj = objects[r["target"]]
+                        answer_field = "color" if task == "mc_color" else "shape"
+                        assert obj[field] == r["subject"] and r["options"][r["answer_index"]] == obj[answer_field]
+                        seen_present_extra += r is not rs[0]
         for task in ("mc_direction", "mc_count", "grounding"):
             videos = [r["video"] for r in records if r["task"] == task and r["pool"] == pool]
             assert len(videos) == len(set(videos)), (pool, task)
-    assert checked  # some scene had several objects
+    assert seen_present_extra and seen_absent
 
 
-def test_training_scenes_also_ask_about_a_subject_they_lack(absent_records, multi_records):
-    """Each training video gets a colour and a shape question about a shape / colour it does not show (when one
-    is left), answered "The <subject> ... is not in the video." and asked in its multi-turn record too."""
+def test_absent_subjects_are_asked_in_the_multi_turn_records(absent_records, multi_records):
     assert {(r["pool"], r["task"]) for r in absent_records} == {
         (p, t) for p in ("single", "short", "long") for t in PER_OBJECT_TASKS
     }
-    for r in absent_records:
-        field = "shape" if r["task"] == "mc_color" else "color"
-        assert r["subject"] not in {o[field] for o in r["meta"]["objects"]}
-        assert r["question"].endswith(f" {r['subject']}?") and r["answer"].startswith(f"The {r['subject']} ")
-        assert r["answer"].endswith(" is not in the video.") and "answer_letter" not in r
     asked = {q for m in multi_records for q in m["questions"]}
     assert {r["id"] for r in absent_records} <= asked
 

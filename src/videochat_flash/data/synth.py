@@ -42,12 +42,12 @@ from .tasks import (
     MC_TASKS,
     MULTI_TURN_TASK,
     PER_OBJECT_TASKS,
-    absent_record,
     caption_record,
     grounding_record,
     mc_record,
     multi_turn_record,
     niah_record,
+    subject_records,
 )
 
 __all__ = [
@@ -100,10 +100,10 @@ _CRF = 18
 _SHORT_TASKS = ("caption", *MC_TASKS, "grounding")
 _SINGLE_QA = ("mc_color", "mc_shape", "mc_direction")  # counting one object teaches nothing
 _SINGLE_TASKS = ("caption", *_SINGLE_QA)
-# Training pools whose scenes get a question per object for `PER_OBJECT_TASKS` (evaluation sets keep one per video).
-_PER_OBJECT_POOLS = ("short", "long")
-# Training pools whose scenes also get a `PER_OBJECT_TASKS` question about a subject they lack (`tasks.absent_record`).
-_ABSENT_POOLS = ("single", "short", "long")
+# Training pools whose scenes get, for each of `PER_OBJECT_TASKS`, as many more questions as they have objects, about
+# subjects drawn from the whole vocabulary, in view or not (`tasks.subject_records`); evaluation sets keep one
+# question per video, about an object in view.
+_SUBJECT_POOLS = ("single", "short", "long")
 # Training pools that also get each video's multiple-choice questions as one multi-turn record (task `mc_multi`).
 _MULTI_TURN_POOLS = ("single", "short", "long")
 # The mixture format has no weights: a file listed k times is read k times (k-fold up-sampling). Needle videos
@@ -265,17 +265,18 @@ def _scene_job(job: dict) -> list[dict]:
             rec = mc_record(rng, scene, task, rid, rel, **common)
         if rec is not None:
             records.append(rec)
-        if rec is not None and task in PER_OBJECT_TASKS and job["pool"] in _PER_OBJECT_POOLS:
-            records += [
-                mc_record(rng, scene, task, f"{rid}_o{k}", rel, target=k, **common)
-                for k in range(len(scene.objects))
-                if k != rec["target"]
-            ]  # no random draw: the pool's other records and videos stay what they were
-        if rec is not None and task in PER_OBJECT_TASKS and job["pool"] in _ABSENT_POOLS:
+        if rec is not None and task in PER_OBJECT_TASKS and job["pool"] in _SUBJECT_POOLS:
             stream = 2 + PER_OBJECT_TASKS.index(task)  # its own draws: the other records stay what they were
-            absent_rng = _rng(job["seed"], job["split"], job["pool"], job["index"], stream=stream)
-            extra = absent_record(absent_rng, scene, task, f"{rid}_absent", rel, **common)
-            records += [extra] if extra is not None else []
+            records += subject_records(
+                _rng(job["seed"], job["split"], job["pool"], job["index"], stream=stream),
+                scene,
+                task,
+                rid,
+                rel,
+                count=len(scene.objects),
+                exclude=rec["subject"],
+                **common,
+            )
     if job["pool"] in _MULTI_TURN_POOLS:
         records.append(_multi_turn(job, records, f"{base}_{MULTI_TURN_TASK}", common))
     return records

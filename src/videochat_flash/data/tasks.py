@@ -14,8 +14,9 @@ Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE �
   to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
   visual tokens (`benchmarks/probe_routing.py`) the lookup keyed by the token it is on was exact after 600 steps,
   where the letter asked in one step was right 34–62% of the time; copying the subject is the slower half, and
-  the question placed last helped it (66–83% against 52–55%). Training also asks about subjects the video lacks
-  (`absent_record`), so that the subject cannot be read off the video;
+  the question placed last helped it (66–83% against 52–55%). Training scenes are also asked about subjects drawn
+  from the whole vocabulary, present or not (`subject_records`, `absent_record`), so that the subject cannot be
+  read off the video;
 * temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
   ``"The event happens in the S - E seconds."``;
 * captions — ``"Describe the video."`` (stage 1 uses the `plain` template, which keeps only the caption).
@@ -217,23 +218,58 @@ def mc_record(
     )
 
 
-def absent_record(rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, **extra) -> dict | None:
-    """A per-object question about a subject the scene does NOT hold, answered ``"The star is not in the video."``
-    (``"The blue shape ..."`` for a colour); None when every shape (colour) is in the scene. Training only: such a
-    question can only be answered by reading its subject from the question, never from the video (with every
-    subject in view, the LLM learned to start its answer with a shape it saw instead of the one asked about)."""
+def _subject_field(task: str) -> tuple[str, tuple[str, ...]]:
+    """The object attribute that names a `PER_OBJECT_TASKS` question's subject, and that attribute's vocabulary."""
     if task not in PER_OBJECT_TASKS:
-        raise ValueError(f"absent questions are for {PER_OBJECT_TASKS}, not {task!r}")
-    field, vocabulary = ("shape", SHAPES) if task == "mc_color" else ("color", COLORS)
+        raise ValueError(f"subject questions are for {PER_OBJECT_TASKS}, not {task!r}")
+    return ("shape", SHAPES) if task == "mc_color" else ("color", COLORS)
+
+
+def absent_record(
+    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, subject: str | None = None, **extra
+) -> dict | None:
+    """A per-object question about a subject the scene does NOT hold, answered ``"The star is not in the video."``
+    (``"The blue shape ..."`` for a colour). ``subject`` defaults to one drawn from ``rng`` among the absent ones;
+    None when every shape (colour) is in the scene. Training only: such a question can only be answered by reading
+    its subject from the question, never from the video."""
+    field, vocabulary = _subject_field(task)
     absent = [v for v in vocabulary if v not in {getattr(o, field) for o in scene.objects}]
-    if not absent:
-        return None
-    subject = absent[int(rng.integers(0, len(absent)))]
+    if subject is None:
+        if not absent:
+            return None
+        subject = absent[int(rng.integers(0, len(absent)))]
+    elif subject not in absent:
+        raise ValueError(f"{subject!r} is in the scene")
     options = list(COLORS if task == "mc_color" else SHAPES)
     answer = f"The {subject}{'' if task == 'mc_color' else ' shape'} is not in the video."
     question = per_object_question(task, subject)
     prompt = mc_prompt(question, options)
     return make_record(rid, video, prompt, answer, task, question=question, options=options, subject=subject, absent=True, **extra)
+
+
+def subject_records(
+    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, count: int, exclude: str, **extra
+) -> list[dict]:
+    """``count`` more `PER_OBJECT_TASKS` questions about one scene, their subjects drawn without replacement from
+    the task's whole subject vocabulary but ``exclude`` (the subject already asked): each is answered with the
+    object's attribute when the scene shows it (`mc_record`), else as not in the video (`absent_record`).
+
+    Why the whole vocabulary: with subjects drawn from the objects in view (each object asked once), the subject of
+    a question could be guessed from the video and the earlier turns, and the demo's LLM learned to name an object it
+    saw instead of the one asked about (it copied the asked subject 35-52% of the time). Drawn this way the video
+    says little about which subject is asked; in `benchmarks/probe_routing.py` the copy went from ~53% to 80-91%."""
+    field, vocabulary = _subject_field(task)
+    pool = [v for v in vocabulary if v != exclude]
+    picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
+    where = {getattr(o, field): k for k, o in enumerate(scene.objects)}
+    records = []
+    for j, i in enumerate(picks):
+        subject, sub_rid = pool[int(i)], f"{rid}_s{j}"
+        if subject in where:
+            records.append(mc_record(rng, scene, task, sub_rid, video, target=where[subject], **extra))
+        else:
+            records.append(absent_record(rng, scene, task, sub_rid, video, subject=subject, **extra))
+    return records
 
 
 def multi_turn_record(records: Sequence[dict], rid: str, **extra) -> dict:
