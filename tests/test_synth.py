@@ -173,7 +173,7 @@ def test_records_well_formed(data, records):
                 assert r["answer"] == f"The {r['subject']} {opts[k]} ({LETTERS[k]})."
                 assert r["question"].endswith(f" {r['subject']}?")
             else:
-                assert r["answer"] == f"({LETTERS[k]}) {opts[k]}"
+                assert r["answer"] == f"Answer: {opts[k]} ({LETTERS[k]})."
             assert r["prompt"].startswith("Option:\n") and r["prompt"].endswith("\nQuestion: " + r["question"])
             assert f"({LETTERS[k]}) {opts[k]}\n" in r["prompt"]
         if r["task"] == "grounding":

@@ -7,8 +7,8 @@ Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE Â
   answer. Why fixed: with shuffled options the answer letter must be found by matching the answer to an option's
   text, and the demo's from-scratch 4-layer LLM did not learn that within the hour of CPU it trains for (its
   letter loss stayed at chance, ln 4, after 6,400 text-only "which option says X" samples). Answers are
-  ``"(B) y"``, except for the questions about one object named by its other attribute (`PER_OBJECT_TASKS`),
-  answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the subject first, copied from the
+  ``"Answer: y (B)."`` (the value first: see `mc_answer`), except for the questions about one object named by its
+  other attribute (`PER_OBJECT_TASKS`), answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the subject first, copied from the
   question, then the asked attribute *right after it*, then the letter; the questions end with their subject
   ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry the subject from the question
   to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
@@ -40,6 +40,7 @@ LETTERS = "ABCDE"
 COUNTS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 
 CAPTION_PROMPT = "Describe the video."
+ANSWER_PREFIX = "Answer:"  # so the value is the options' own token (" green"), not an answer-initial one
 GROUNDING_PRE = (
     "Please find the visual event described by a sentence in the video, determining its starting and ending "
     "times. The format should be: 'The event happens in the start time - end time'. For example, The event "
@@ -65,11 +66,15 @@ def mc_prompt(question: str, options: list[str]) -> str:
 
 
 def mc_answer(options: list[str], index: int, subject: str | None = None) -> str:
-    """``"(B) y"``; with the asked object's ``subject`` ("triangle", "red"), the attribute follows it:
-    ``"The triangle yellow (D)."``, or ``"The red square (B)."`` when the subject is a colour."""
+    """``"Answer: y (B)."``: the value, then its letter; with the asked object's ``subject`` ("triangle", "red"),
+    the value follows the subject: ``"The triangle yellow (D)."``, or ``"The red square (B)."`` for a colour.
+
+    Why the value before the letter: in `benchmarks/probe_routing.py` the letter asked in one step was right
+    34-62% of the time, the letter after its value 100%; the value is what the video decides."""
+    letter = LETTERS[index]
     if subject is None:
-        return f"({LETTERS[index]}) {options[index]}"
-    return f"The {subject} {options[index]} ({LETTERS[index]})."
+        return f"{ANSWER_PREFIX} {options[index]} ({letter})."
+    return f"The {subject} {options[index]} ({letter})."
 
 
 def grounding_prompt(sentence: str) -> str:
