@@ -22,8 +22,6 @@ from videochat_flash.data.shapes import (
     SHAPES,
     SIZES,
     object_position,
-    render_frame,
-    sample_scene,
 )
 from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS, MULTI_TURN_TASK, PER_OBJECT_TASKS
 
@@ -375,30 +373,6 @@ def test_video_shows_the_answer(data, records):
                 assert not _near(_pixel_at(frames, o, f1), PALETTE[o["color"]])
         checked += 1
     assert checked >= 10
-
-
-@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
-def test_moving_shape_trails_a_faded_copy_behind_it(direction):
-    """Behind the object (against its motion) pixels are blended between its colour and the background; ahead of it
-    the background is untouched, so one frame shows which way it moves."""
-    scene = sample_scene(np.random.default_rng(0), duration=4, fps=1.0, size=64, num_objects=1, kind="short")
-    o = scene.objects[0]
-    o.direction = direction
-    frame = render_frame(scene, o.start_frame).astype(int)
-    cx, cy = (int(round(v)) for v in o.position(o.start_frame))
-    ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
-    color, background = np.array(PALETTE[o.color]), scene.background.astype(int)
-
-    def pixel(distance: float):
-        x = int(np.clip(cx + ux * distance, 0, 63))
-        y = int(np.clip(cy + uy * distance, 0, 63))
-        return frame[y, x], background[y, x]
-
-    behind, behind_bg = pixel(-(o.radius + 1))  # just past the solid shape's far edge, inside the trail
-    ahead, ahead_bg = pixel(o.radius + 2)
-    assert (ahead == ahead_bg).all()
-    assert not (behind == behind_bg).all() and not (behind == color).all()
-    assert np.abs(behind - color).sum() < np.abs(behind_bg - color).sum()  # pulled toward the object's colour
 
 
 def test_niah_needle_at_recorded_depth(data, records):

@@ -155,11 +155,8 @@ def shape_mask(shape: str, radius: int) -> np.ndarray:
     return m
 
 
-def paste_shape(
-    frame: np.ndarray, shape: str, radius: int, color, cx: float, cy: float, alpha: float = 1.0
-) -> None:
-    """Draw a filled shape centred at (cx, cy) into ``frame`` [H, W, 3] in place, clipped to the frame; with
-    ``alpha`` < 1 it is blended over what is there (a motion trail's faded copy)."""
+def paste_shape(frame: np.ndarray, shape: str, radius: int, color, cx: float, cy: float) -> None:
+    """Draw a filled shape centred at (cx, cy) into ``frame`` [H, W, 3] in place, clipped to the frame."""
     mask = shape_mask(shape, radius)
     h, w = frame.shape[:2]
     x0, y0 = int(round(cx)) - radius, int(round(cy)) - radius
@@ -168,12 +165,7 @@ def paste_shape(
     if fx0 >= fx1 or fy0 >= fy1:
         return
     sub = mask[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
-    region = frame[fy0:fy1, fx0:fx1]
-    if alpha >= 1.0:
-        region[sub] = color
-    else:
-        blended = (1.0 - alpha) * region[sub] + alpha * np.asarray(color, dtype=np.float64)
-        region[sub] = np.round(blended).astype(frame.dtype)
+    frame[fy0:fy1, fx0:fx1][sub] = color
 
 
 # ----------------------------------------------------------------------------------------- background
@@ -349,25 +341,12 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale=1.0) -
 # ------------------------------------------------------------------------------------------- rendering
 
 
-# A moving object trails faded copies of itself (distance behind it in radii, opacity), farthest first, like a
-# comet's tail. Why: its direction is then visible in every frame, in the colour gradient along its path. Without
-# it the demo's small tower, whose position table is the reference's fixed 1-D sinusoid, told the direction of
-# ~32% of objects after its whole pre-training (chance 25%): it had to compare positions across frames. The tail
-# has a fixed length (not the distance moved in a frame) because slow objects move ~1-2 px a frame.
-TRAIL: tuple[tuple[float, float], ...] = ((0.75, 0.15), (0.5, 0.3), (0.25, 0.5))
-
-
 def render_frame(scene: Scene, i: int) -> np.ndarray:
     frame = scene.background.copy()
     for o in scene.objects:
         if o.visible(i):
-            color = PALETTE[o.color]
             cx, cy = o.position(i)
-            ux, uy = _UNIT_VECTORS[o.direction]
-            for behind, alpha in TRAIL:
-                d = behind * o.radius
-                paste_shape(frame, o.shape, o.radius, color, cx - ux * d, cy - uy * d, alpha=alpha)
-            paste_shape(frame, o.shape, o.radius, color, cx, cy)
+            paste_shape(frame, o.shape, o.radius, PALETTE[o.color], cx, cy)
     return frame
 
 
