@@ -71,12 +71,13 @@ def test_reused_build_steps_keep_their_recorded_time(tmp_path):
 
 
 def test_committed_demo_model_answers_held_out_questions(tmp_path):
-    """The bundled model loads offline and answers held-out questions in the trained format, and it names the
-    colour and the shape of a lone shape (the skills its curriculum's first pool and multiple-choice phase
-    taught) on videos it never saw.
+    """The bundled model loads offline and answers held-out questions in the trained format; on videos it never
+    saw it names the colour and the shape of a lone shape, and the colour of the shape asked about (or the shape
+    of the colour asked about) in scenes of 1-5 shapes.
 
-    Its full accuracy table is in its model card; the issue's >= 90% multiple-choice bar on multi-shape
-    videos is NOT met yet (see the card), so this test pins what the model does reliably.
+    Its full accuracy table is in its model card; the issue's >= 90% multiple-choice bar over all question types
+    (count, order and direction included) is NOT met yet (see the card), so this test pins what the model does
+    reliably.
     """
     from videochat_flash.data.scoring import extract_letter, score_mc
     from videochat_flash.data.synth import load_records, make_eval_set
@@ -88,7 +89,7 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     make_eval_set(
         eval_dir,
         4242,
-        4,
+        12,
         size=DATA["size"],
         fps=DATA["fps"],
         short_seconds=DATA["short_seconds"],
@@ -99,8 +100,9 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     )
     model = VideoChatFlash.from_pretrained(DEMO)
     cache = TokenCache(tmp_path / "cache")
-    records = [r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter")]
-    valid, lone = 0, {"single_mc_color": [], "single_mc_shape": []}
+    pinned = {"single_mc_color": [], "single_mc_shape": [], "mc_color": [], "mc_shape": []}
+    records = [r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter") and r["task"] in pinned]
+    valid = 0
     for record in records:
         video = str((eval_dir / record["video"]).resolve())
         answer, _ = model.chat(
@@ -108,10 +110,13 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
         )
         letter = extract_letter(answer, record.get("options"))
         valid += letter is not None and "ABCDE".index(letter) < len(record["options"])
-        if record["task"] in lone:
-            lone[record["task"]].append(score_mc(answer, record["answer_letter"], record["options"]))
+        pinned[record["task"]].append(score_mc(answer, record["answer_letter"], record["options"]))
     assert valid / len(records) >= 0.9
-    # measured on this seed: colour 20/20, shape 20/20; chance is 4/20 (P(>= 15 correct by guessing) < 1e-6).
+    # measured on this seed: lone colour 20/20, shape 20/20; chance is 4/20 (P(>= 15 correct by guessing) < 1e-6).
     # The model before the multiple-choice phase named a lone shape's colour at chance (4/20 here).
-    for task, scores in lone.items():
-        assert len(scores) == 20 and sum(scores) >= 15, (task, sum(scores))
+    for task in ("single_mc_color", "single_mc_shape"):
+        assert len(pinned[task]) == 20 and sum(pinned[task]) >= 15, (task, sum(pinned[task]))
+    # the asked object among 1-5 shapes: measured on this seed 11/12 colour, 11/12 shape; the build before subjects
+    # were drawn from the whole vocabulary copied the asked subject 35-52% of the time and scored ~40% (chance 1/5)
+    scene = pinned["mc_color"] + pinned["mc_shape"]
+    assert len(scene) == 24 and sum(scene) >= 17, (sum(pinned["mc_color"]), sum(pinned["mc_shape"]))
