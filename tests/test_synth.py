@@ -169,7 +169,7 @@ def test_records_well_formed(data, records):
             opts, k = r["options"], r["answer_index"]
             assert opts == list(VOCABULARY[r["task"] if r["task"] != "niah" else r["needle"]["question"]])
             assert r["answer_letter"] == LETTERS[k] and extract_letter(r["answer"], opts) == LETTERS[k]
-            if r["task"] in (*PER_OBJECT_TASKS, "mc_direction"):  # the subject from the question, then the value
+            if r["task"] in PER_OBJECT_TASKS:  # the subject from the question, right before the attribute
                 assert r["answer"] == f"The {r['subject']} {opts[k]} ({LETTERS[k]})."
                 assert r["question"].endswith(f" {r['subject']}?")
             else:

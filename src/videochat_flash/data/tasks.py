@@ -8,7 +8,7 @@ Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE Â
   text, and the demo's from-scratch 4-layer LLM did not learn that within the hour of CPU it trains for (its
   letter loss stayed at chance, ln 4, after 6,400 text-only "which option says X" samples). Answers are
   ``"Answer: y (B)."`` (the value first: see `mc_answer`), except for the questions about one object named by its
-  other attribute (`PER_OBJECT_TASKS`) or by both (direction: ``"The red star left (A)."``), answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the subject first, copied from the
+  other attribute (`PER_OBJECT_TASKS`), answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the subject first, copied from the
   question, then the asked attribute *right after it*, then the letter; the questions end with their subject
   ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry the subject from the question
   to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
@@ -66,9 +66,8 @@ def mc_prompt(question: str, options: list[str]) -> str:
 
 
 def mc_answer(options: list[str], index: int, subject: str | None = None) -> str:
-    """``"Answer: y (B)."``: the value, then its letter; with the asked object's ``subject`` ("triangle", "red",
-    "red star"), the value follows the subject: ``"The triangle yellow (D)."``, ``"The red square (B)."``,
-    ``"The red star left (A)."``.
+    """``"Answer: y (B)."``: the value, then its letter; with the asked object's ``subject`` ("triangle", "red"),
+    the value follows the subject: ``"The triangle yellow (D)."``, or ``"The red square (B)."`` for a colour.
 
     Why the value before the letter: in `benchmarks/probe_routing.py` the letter asked in one step was right
     34-62% of the time, the letter after its value 100%; the value is what the video decides."""
@@ -184,8 +183,7 @@ def mc_question(
     if task == "mc_direction":
         o = objs[int(rng.integers(0, len(objs)))]
         options, idx = _fixed_options(o.direction, DIRECTIONS)
-        # ends with its subject and is answered like the per-object questions ("The red star left (A).")
-        return f"What is the direction of the {o.name}?", options, idx, {"target": objs.index(o), "subject": o.name}
+        return f"In which direction does the {o.name} move?", options, idx, {"target": objs.index(o)}
     if task == "mc_count":
         if str(len(objs)) not in COUNTS:
             return None
