@@ -112,7 +112,7 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
         valid += letter is not None and "ABCDE".index(letter) < len(record["options"])
         pinned[record["task"]].append(score_mc(answer, record["answer_letter"], record["options"]))
     assert valid / len(records) >= 0.9
-    # measured on this seed: lone colour 20/20, shape 20/20; chance is 4/20 (P(>= 15 correct by guessing) < 1e-6).
+    # measured on this seed: lone colour 20/20, shape 19/20; chance is 4/20 (P(>= 15 correct by guessing) < 1e-6).
     # The model before the multiple-choice phase named a lone shape's colour at chance (4/20 here).
     for task in ("single_mc_color", "single_mc_shape"):
         assert len(pinned[task]) == 20 and sum(pinned[task]) >= 15, (task, sum(pinned[task]))
