@@ -153,6 +153,12 @@ class Scenes:
         return torch.cat(frames)
 
 
+def prompt_words(ask: list[str], options: tuple[str, ...], variant: Variant) -> list[str]:
+    """The options listing and the question (in the variant's order), then the end of turn and the padding."""
+    listing = [w for i, o in enumerate(options) for w in (f"({LETTERS[i]})", o)]
+    return ((listing + ask) if variant.q_last else (ask + listing)) + ["<eot>", "<asst>"] + ["."] * variant.pad
+
+
 def question(
     scenes: Scenes, objs, kind: str, variant: Variant, any_subject: float = 0.0
 ) -> tuple[list[str], list[str]]:
@@ -164,11 +170,8 @@ def question(
         subject = scenes.rng.choice(vocabulary)
         present = [o for o in objs if (SHAPES[o[0]] if kind == "color" else COLORS[o[1]]) == subject]
         if not present:
-            options = COLORS if kind == "color" else SHAPES
             ask = ["What", "color", "is", "the", subject, "?"] if kind == "color" else ["Which", "shape", "is", subject, "?"]
-            listing = [w for i, o in enumerate(options) for w in (f"({LETTERS[i]})", o)]
-            prompt = ((listing + ask) if variant.q_last else (ask + listing)) + ["<eot>", "<asst>"] + ["."] * variant.pad
-            return prompt, [subject, "absent"]
+            return prompt_words(ask, COLORS if kind == "color" else SHAPES, variant), [subject, "absent"]
         if kind == "shape" and colors.count(present[0][1]) > 1:
             kind = "color"  # an ambiguous colour: ask a colour question instead
     if kind == "color":
@@ -179,9 +182,7 @@ def question(
         s, c = scenes.rng.choice([o for o in objs if colors.count(o[1]) == 1])
         subject, value, ask = COLORS[c], SHAPES[s], ["Which", "shape", "is", COLORS[c], "?"]
         options, letter = SHAPES, LETTERS[s]
-    listing = [w for i, o in enumerate(options) for w in (f"({LETTERS[i]})", o)]
-    prompt = (listing + ask) if variant.q_last else (ask + listing)
-    prompt += ["<eot>", "<asst>"] + ["."] * variant.pad
+    prompt = prompt_words(ask, options, variant)
     if variant.answer == "letter":
         return prompt, [letter]
     sep = [":"] if variant.answer == "restate_sep" else []

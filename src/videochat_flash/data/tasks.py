@@ -8,9 +8,9 @@ Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE Â
   text, and the demo's from-scratch 4-layer LLM did not learn that within the hour of CPU it trains for (its
   letter loss stayed at chance, ln 4, after 6,400 text-only "which option says X" samples). Answers are
   ``"Answer: y (B)."`` (the value first: see `mc_answer`), except for the questions about one object named by its
-  other attribute (`PER_OBJECT_TASKS`), answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the subject first, copied from the
-  question, then the asked attribute *right after it*, then the letter; the questions end with their subject
-  ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry the subject from the question
+  other attribute (`PER_OBJECT_TASKS`), answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the
+  subject first, copied from the question, then the asked attribute *right after it*, then the letter; the
+  questions end with their subject ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry the subject from the question
   to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
   visual tokens (`benchmarks/probe_routing.py`) the lookup keyed by the token it is on was exact after 600 steps,
   where the letter asked in one step was right 34â€“62% of the time; copying the subject is the slower half, and
@@ -230,20 +230,12 @@ def _subject_field(task: str) -> tuple[str, tuple[str, ...]]:
     return ("shape", SHAPES) if task == "mc_color" else ("color", COLORS)
 
 
-def absent_record(
-    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, subject: str | None = None, **extra
-) -> dict | None:
-    """A per-object question about a subject the scene does NOT hold, answered ``"The star is not in the video."``
-    (``"The blue shape ..."`` for a colour). ``subject`` defaults to one drawn from ``rng`` among the absent ones;
-    None when every shape (colour) is in the scene. Training only: such a question can only be answered by reading
-    its subject from the question, never from the video."""
-    field, vocabulary = _subject_field(task)
-    absent = [v for v in vocabulary if v not in {getattr(o, field) for o in scene.objects}]
-    if subject is None:
-        if not absent:
-            return None
-        subject = absent[int(rng.integers(0, len(absent)))]
-    elif subject not in absent:
+def absent_record(scene: Scene, task: str, subject: str, rid: str, video: str, **extra) -> dict:
+    """A per-object question about a ``subject`` the scene does NOT hold, answered ``"The star is not in the video."``
+    (``"The blue shape ..."`` for a colour). Training only: such a question can only be answered by reading its
+    subject from the question, never from the video."""
+    field, _ = _subject_field(task)
+    if subject in {getattr(o, field) for o in scene.objects}:
         raise ValueError(f"{subject!r} is in the scene")
     options = list(COLORS if task == "mc_color" else SHAPES)
     answer = f"The {subject}{'' if task == 'mc_color' else ' shape'} is not in the video."
@@ -262,8 +254,8 @@ def subject_records(
     Why the whole vocabulary: with subjects drawn from the objects in view (each object asked once), the subject of
     a question could be guessed from the video and the earlier turns, and the demo's LLM learned to name an object it
     saw instead of the one asked about (it copied the asked subject 35-52% of the time). Drawn this way the video
-    says little about which subject is asked; in `benchmarks/probe_routing.py` the copy went from ~58% to ~80% (3 seeds),
-    and in the demo build from 35% to 100% (held-out colour questions)."""
+    says little about which subject is asked; in `benchmarks/probe_routing.py` the copy went from ~58% to ~80%
+    (3 seeds), and in the demo build from 35% to 100% (held-out colour questions)."""
     field, vocabulary = _subject_field(task)
     pool = [v for v in vocabulary if v != exclude]
     picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
@@ -274,7 +266,7 @@ def subject_records(
         if subject in where:
             records.append(mc_record(rng, scene, task, sub_rid, video, target=where[subject], **extra))
         else:
-            records.append(absent_record(rng, scene, task, sub_rid, video, subject=subject, **extra))
+            records.append(absent_record(scene, task, subject, sub_rid, video, **extra))
     return records
 
 
