@@ -26,6 +26,7 @@ def test_tiny_end_to_end_pipeline(tmp_path):
         "stage0_vision",
         "stage0_scratch",
         "stage0_mc",
+        "stage0_niah",
         "stage1_connector",
         "stage2_short",
         "stage3_short_long",

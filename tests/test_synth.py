@@ -211,6 +211,16 @@ def test_mc_phase_mixture_holds_only_multiple_choice(data):
     ]
 
 
+def test_needle_phase_mixture_is_half_needles_and_replays_the_mc_phase(data):
+    mix = yaml.safe_load((data / "stage0_niah.yaml").read_text())["datasets"]
+    assert [Path(e["json_path"]).name for e in mix] == [
+        f"niah_{MULTI_TURN_TASK}.jsonl",
+        f"niah_{MULTI_TURN_TASK}.jsonl",
+        f"single_{MULTI_TURN_TASK}.jsonl",
+        f"short_{MULTI_TURN_TASK}.jsonl",
+    ]
+
+
 def test_multi_turn_records_ask_every_question_of_their_video(data, records, absent_records, multi_records):
     """One per training video: exactly that video's multiple-choice records (absent subjects too), each turn its
     question and answer, the video placeholder once (first turn); the order is drawn per video."""
@@ -219,9 +229,10 @@ def test_multi_turn_records_ask_every_question_of_their_video(data, records, abs
     for r in records + absent_records:
         if r["task"] in MC_TASKS and r["pool"] in ("single", "short", "long"):
             mc_of_video.setdefault(r["video"], set()).add(r["id"])
-    assert sorted(m["video"] for m in multi_records) == sorted(mc_of_video)
+    scene_multi = [m for m in multi_records if m["pool"] != "niah"]
+    assert sorted(m["video"] for m in scene_multi) == sorted(mc_of_video)
     orders = set()
-    for m in multi_records:
+    for m in scene_multi:
         assert synth.record_problems(m, data) == [], m["id"]
         assert set(m["questions"]) == mc_of_video[m["video"]] and len(m["questions"]) == len(set(m["questions"]))
         turns = m["conversations"]
@@ -235,10 +246,28 @@ def test_multi_turn_records_ask_every_question_of_their_video(data, records, abs
     assert len(orders) > 1
 
 
+def test_needle_videos_ask_shape_and_colour_in_one_conversation(data, records, multi_records):
+    """Training needle videos: the one-question record (stage 3) and a two-turn record asking the needle's shape
+    and colour, answered from the needle itself; evaluation needle videos keep one question."""
+    niah = {r["video"]: r for r in records if r["task"] == "niah" and r["pool"] == "niah"}
+    multi = [m for m in multi_records if m["pool"] == "niah"]
+    assert niah and sorted(m["video"] for m in multi) == sorted(niah)
+    for m in multi:
+        needle = niah[m["video"]]["needle"]
+        questions = [t["value"] for t in m["conversations"][0::2]]
+        answers = [t["value"] for t in m["conversations"][1::2]]
+        assert questions[0].startswith("<image>\n") and not questions[1].startswith("<image>")
+        kinds = ["shape" if "What shape" in q else "color" for q in questions]
+        assert sorted(kinds) == ["color", "shape"]
+        for kind, answer in zip(kinds, answers, strict=True):
+            assert answer.startswith(f"Answer: {needle[kind]} (")
+        assert niah[m["video"]]["id"] in m["questions"]
+
+
 def test_multi_turn_records_pass_the_training_data_check(data):
     from videochat_flash.train.data import check_annotations
 
-    for pool in ("single", "short", "long"):
+    for pool in ("single", "short", "long", "niah"):
         assert check_annotations([data / "annotations" / f"{pool}_{MULTI_TURN_TASK}.jsonl"], template="qwen_2") == []
 
 

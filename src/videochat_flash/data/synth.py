@@ -10,6 +10,7 @@ Layout written by `generate_dataset` (paths inside records are relative to ``OUT
     OUT/manifest.json                    parameters, counts, record files (no absolute paths)
     OUT/stage0.yaml ... stage4.yaml      data mixtures (REFERENCE §9.1); paths relative to OUT
     OUT/stage0_mc.yaml                   the demo's multiple-choice-only phase after stage 0
+    OUT/stage0_niah.yaml                 the demo's needle phase after it
     OUT/annotations/<pool>_<task>.jsonl  one file per (pool, task); pools: single, short, long, niah
     OUT/videos/<pool>/<index>.mp4        H.264 yuv420p, square frames
 
@@ -104,8 +105,9 @@ _SINGLE_TASKS = ("caption", *_SINGLE_QA)
 # subjects drawn from the whole vocabulary, in view or not (`tasks.subject_records`); evaluation sets keep one
 # question per video, about an object in view.
 _SUBJECT_POOLS = ("single", "short", "long")
-# Training pools that also get each video's multiple-choice questions as one multi-turn record (task `mc_multi`).
-_MULTI_TURN_POOLS = ("single", "short", "long")
+# Training pools that also get each video's multiple-choice questions as one multi-turn record (task `mc_multi`;
+# for needle videos: the needle's shape and colour).
+_MULTI_TURN_POOLS = ("single", "short", "long", "niah")
 # The mixture format has no weights: a file listed k times is read k times (k-fold up-sampling). Needle videos
 # are few (one question each) against ~7 questions per short/long video; once each they were ~1.5% of stage 3
 # and the demo's NIAH accuracy fell to 15%.
@@ -124,6 +126,11 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # (each video's questions as one multi-turn conversation: the visual tokens, ~80% of a sample's compute, are
     # paid once for ~7 questions; with one question per sample the LLM saw ~3x fewer answers in the same time)
     "stage0_mc": [("single", MULTI_TURN_TASK)] * 2 + [("short", MULTI_TURN_TASK)],
+    # the demo's needle phase after it: needle videos (both needle questions in one conversation) half of the
+    # samples, the rest a replay of the MC phase so that the subject copy learned there is kept. (In stage 3 alone,
+    # ~8% of 2,400 samples, the LLM stayed at chance on the needle; mixed into the MC phase from its start, the
+    # needle was learned but the subject copy was not, in two builds.)
+    "stage0_niah": [("niah", MULTI_TURN_TASK)] * 2 + [("single", MULTI_TURN_TASK), ("short", MULTI_TURN_TASK)],
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,
@@ -394,7 +401,35 @@ def _niah_job(job: dict) -> list[dict]:
         haystack=job["haystack"],
         meta={**hay_meta, "duration": round(total, 3), "num_frames": n_hay + n_needle},
     )
-    return [rec]
+    if job["pool"] not in _MULTI_TURN_POOLS:
+        return [rec]
+    # training: also both needle questions (shape and colour) as one conversation, so the long video's visual
+    # tokens serve two answers; the one-question record keeps its own file (stage 3's mixture)
+    other = "color" if rec["needle"]["question"] == "shape" else "shape"
+    extra_rng = _rng(job["seed"], job["split"], job["pool"], job["index"], stream=1)
+    second = niah_record(extra_rng, **{**_niah_fields(rec), "rid": f"{rec['id']}_{other}", "kind": other})
+    turns = [rec, second] if extra_rng.random() < 0.5 else [second, rec]
+    common = {k: rec[k] for k in ("pool", "duration", "meta")}
+    return [rec, multi_turn_record(turns, f"{job['prefix']}{job['index']:06d}_{MULTI_TURN_TASK}", **common)]
+
+
+def _niah_fields(rec: dict) -> dict:
+    """`tasks.niah_record` keyword arguments that rebuild ``rec`` (another question about the same needle)."""
+    needle = rec["needle"]
+    return {
+        "video": rec["video"],
+        "shape": needle["shape"],
+        "color": needle["color"],
+        "depth": rec["depth"],
+        "haystack_seconds": rec["haystack_seconds"],
+        "needle_start": needle["start"],
+        "needle_end": needle["end"],
+        "needle_frames": needle["frames"],
+        "pool": rec["pool"],
+        "duration": rec["duration"],
+        "haystack": rec["haystack"],
+        "meta": rec["meta"],
+    }
 
 
 def _run_jobs(fn: Callable[[dict], list[dict]], jobs: list[dict], workers: int, label: str, progress: bool):

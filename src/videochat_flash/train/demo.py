@@ -29,6 +29,7 @@ VISION_STAGE = "stage0_vision"  # dense pre-training of the tower alone, before 
 STAGES = {
     "stage0_scratch": "stage0",
     "stage0_mc": "stage0_mc",
+    "stage0_niah": "stage0_niah",
     "stage1_connector": "stage1",
     "stage2_short": "stage2",
     "stage3_short_long": "stage3",
@@ -38,7 +39,7 @@ FIRST_STAGE = next(iter(STAGES))
 DATA = dict(
     num_samples=1200,
     num_long=240,
-    num_niah=320,
+    num_niah=640,
     num_single=1500,
     size=64,
     fps=1.0,  # one frame a second: `chat`'s sampling (min 64 frames) then sees what training saw
@@ -505,7 +506,10 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "Stage 0 then trains connector and LLM on that frozen tower (one-shape videos and 1–4-shape scenes), and",
         "`stage0_mc` continues it on their multiple-choice questions alone, each video's questions as one multi-turn",
         "conversation so its visual tokens serve all of them (in the mixed stage an answer letter is one supervised",
-        "token against a caption's ~30, and the LLM stayed near chance on colour questions). Stage 1",
+        "token against a caption's ~30, and the LLM stayed near chance on colour questions). `stage0_niah` ends",
+        "stage 0 on needle videos (half of its samples, both needle questions in one conversation, every second of",
+        "the video: up to 64 frames), the other half a replay of `stage0_mc`: mixed into `stage0_mc` from its start",
+        "the needle was learned but which object a question names was not. Stage 1",
         "aligns the connector on captions, stage 2 tunes all parts on short scenes, stage 3 adds 16–48 s videos with",
         f"2–5 shapes, grounding and needles (needle videos listed {NIAH_REPEAT}x in the mixture), and stage 4 raises",
         "the resolution to 96 px (LLM frozen).",
