@@ -424,6 +424,7 @@ def test_eval_set_grid_and_evaluate(tmp_path):
         assert synth.record_problems(r, tmp_path) == []
     asked = [(r["video"], r["task"]) for r in recs]
     assert len(asked) == len(set(asked))  # one question per video and task: per-object questions are for training
+    assert MULTI_TURN_TASK not in {r["task"] for r in recs}  # so are the multi-turn records, needle videos' too
 
     seen = []
 
