@@ -81,24 +81,12 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     reliably.
     """
     from videochat_flash.data.scoring import extract_letter, score_mc
-    from videochat_flash.data.synth import load_records, make_eval_set
+    from videochat_flash.data.synth import load_records
 
     assert DEMO.is_dir(), "the bundled demo model is missing"
     card = (DEMO / "README.md").read_text()
     assert "## Evaluation" in card and "mc_accuracy" in card
-    eval_dir = tmp_path / "eval"
-    make_eval_set(
-        eval_dir,
-        4242,
-        12,
-        size=DATA["size"],
-        fps=DATA["fps"],
-        short_seconds=DATA["short_seconds"],
-        long_seconds=DATA["long_seconds"],
-        train_max_seconds=max(DATA["long_seconds"]),
-        niah_multipliers=(),
-        num_single=20,
-    )
+    eval_dir = _held_out_eval_set(tmp_path / "eval", 12, niah_multipliers=(), num_single=20)
     pinned = {"single_mc_color": [], "single_mc_shape": [], "mc_color": [], "mc_shape": []}
     records = [r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter") and r["task"] in pinned]
     valid = 0
@@ -117,6 +105,24 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     assert len(scene) == 24 and sum(scene) >= 17, (sum(pinned["mc_color"]), sum(pinned["mc_shape"]))
 
 
+def _held_out_eval_set(eval_dir: Path, num_samples: int, **kwargs) -> Path:
+    """An evaluation set on held-out seed 4242, rendered like the demo's training data."""
+    from videochat_flash.data.synth import make_eval_set
+
+    make_eval_set(
+        eval_dir,
+        4242,
+        num_samples,
+        size=DATA["size"],
+        fps=DATA["fps"],
+        short_seconds=DATA["short_seconds"],
+        long_seconds=DATA["long_seconds"],
+        train_max_seconds=max(DATA["long_seconds"]),
+        **kwargs,
+    )
+    return eval_dir
+
+
 def _answer_all(records: list[dict], eval_dir: Path, cache_dir: Path) -> list[str]:
     """The committed demo model's greedy answer to each evaluation record."""
     model = VideoChatFlash.from_pretrained(DEMO)
@@ -133,20 +139,9 @@ def test_committed_demo_model_finds_the_needle(tmp_path):
     """Needle in a haystack on held-out videos: a 4 s needle (a large shape on a grey screen) at five depths of
     haystacks 1x and 2x the longest training video (48 s, 96 s); the model names its shape or colour."""
     from videochat_flash.data.scoring import score_mc
-    from videochat_flash.data.synth import load_records, make_eval_set
+    from videochat_flash.data.synth import load_records
 
-    eval_dir = tmp_path / "eval"
-    make_eval_set(
-        eval_dir,
-        4242,
-        0,
-        size=DATA["size"],
-        fps=DATA["fps"],
-        short_seconds=DATA["short_seconds"],
-        long_seconds=DATA["long_seconds"],
-        train_max_seconds=max(DATA["long_seconds"]),
-        niah_multipliers=(1, 2),
-    )
+    eval_dir = _held_out_eval_set(tmp_path / "eval", 0, niah_multipliers=(1, 2))
     records = [r for r in load_records(eval_dir / "eval.jsonl") if r["task"] == "niah"]
     assert len(records) == 10
     correct: dict[float, int] = {}

@@ -385,9 +385,7 @@ def _niah_job(job: dict) -> list[dict]:
     rel = f"videos/{job['pool']}/{job['index']:06d}.mp4"
     write_mp4(Path(job["root"]) / rel, frames(), fps)
     total = (n_hay + n_needle) / fps
-    rec = niah_record(
-        rng,
-        rid=f"{job['prefix']}{job['index']:06d}_niah",
+    fields = dict(
         video=rel,
         shape=shape,
         color=color,
@@ -401,35 +399,18 @@ def _niah_job(job: dict) -> list[dict]:
         haystack=job["haystack"],
         meta={**hay_meta, "duration": round(total, 3), "num_frames": n_hay + n_needle},
     )
+    base = f"{job['prefix']}{job['index']:06d}"
+    rec = niah_record(rng, rid=f"{base}_niah", **fields)
     if job["pool"] not in _MULTI_TURN_POOLS:
         return [rec]
     # training: also both needle questions (shape and colour) as one conversation, so the long video's visual
     # tokens serve two answers; the one-question record keeps its own file (stage 3's mixture)
     other = "color" if rec["needle"]["question"] == "shape" else "shape"
     extra_rng = _rng(job["seed"], job["split"], job["pool"], job["index"], stream=1)
-    second = niah_record(extra_rng, **{**_niah_fields(rec), "rid": f"{rec['id']}_{other}", "kind": other})
+    second = niah_record(extra_rng, rid=f"{base}_niah_{other}", kind=other, **fields)
     turns = [rec, second] if extra_rng.random() < 0.5 else [second, rec]
-    common = {k: rec[k] for k in ("pool", "duration", "meta")}
-    return [rec, multi_turn_record(turns, f"{job['prefix']}{job['index']:06d}_{MULTI_TURN_TASK}", **common)]
-
-
-def _niah_fields(rec: dict) -> dict:
-    """`tasks.niah_record` keyword arguments that rebuild ``rec`` (another question about the same needle)."""
-    needle = rec["needle"]
-    return {
-        "video": rec["video"],
-        "shape": needle["shape"],
-        "color": needle["color"],
-        "depth": rec["depth"],
-        "haystack_seconds": rec["haystack_seconds"],
-        "needle_start": needle["start"],
-        "needle_end": needle["end"],
-        "needle_frames": needle["frames"],
-        "pool": rec["pool"],
-        "duration": rec["duration"],
-        "haystack": rec["haystack"],
-        "meta": rec["meta"],
-    }
+    common = {k: fields[k] for k in ("pool", "duration", "meta")}
+    return [rec, multi_turn_record(turns, f"{base}_{MULTI_TURN_TASK}", **common)]
 
 
 def _run_jobs(fn: Callable[[dict], list[dict]], jobs: list[dict], workers: int, label: str, progress: bool):
