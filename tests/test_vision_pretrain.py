@@ -225,3 +225,20 @@ def test_fan_in_mlp_init_scales_with_width_and_is_seeded():
         w = block_a.mlp.fc1.weight.detach()
         torch.testing.assert_close(w, block_b.mlp.fc1.weight.detach())
         assert abs(float(w.std()) - TINY_TOWER.hidden_size**-0.5) < 0.02
+
+
+def test_patch_init_picks_the_whitened_or_the_plain_patch_embedding(tmp_path):
+    with pytest.raises(ValueError, match="patch_init"):
+        VisionPretrainConfig(patch_init="zeros")
+    torch.set_num_threads(1)
+    stds = {}
+    for init in ("pca", "random"):
+        cfg = VisionPretrainConfig(
+            steps=1, batch_size=4, lr=1e-6, frame_size=32, image_sizes=(32,), eval_clips=4, init_clips=16,
+            patch_init=init, seed=1,
+        )  # fmt: skip
+        pretrain_vision(TINY_TOWER, tmp_path / f"{init}.pt", cfg, progress=False)
+        raw = torch.load(tmp_path / f"{init}.pt", weights_only=True)["model"]
+        stds[init] = float(raw["encoder.patch_embed.proj.weight"].std())
+    # whitening gives each output channel unit variance x gain over pixels of std ~1: weights far above 0.02
+    assert stds["random"] < 0.03 < 0.1 < stds["pca"]

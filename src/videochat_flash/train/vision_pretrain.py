@@ -29,6 +29,8 @@ from ..model.preprocess import preprocess_frames
 from ..model.umt import UMTEncoder, video_position_table
 from .trainer import WarmupSchedule, _progress
 
+PATCH_INITS = ("pca", "random")
+
 
 @dataclass
 class VisionPretrainConfig:
@@ -46,6 +48,9 @@ class VisionPretrainConfig:
     eval_clips: int = 256
     log_every: int = 50
     init_clips: int = 64  # clips whose patches set the whitened patch-embedding init
+    # "pca": whitened principal components of sample patches (shape learned sooner); "random": the plain
+    # N(0, 0.02) init, under which the tower learns sub-patch motion sooner (benchmarks/README.md, motion probe)
+    patch_init: str = "pca"
     patch_init_gain: float = 2.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"count": 0.5})
 
@@ -63,6 +68,10 @@ class VisionPretrainConfig:
         if "image_sizes" in section:
             section["image_sizes"] = tuple(int(s) for s in section["image_sizes"])
         return cls(**section)
+
+    def __post_init__(self) -> None:
+        if self.patch_init not in PATCH_INITS:
+            raise ValueError(f"vision_pretrain.patch_init must be one of {PATCH_INITS}, got {self.patch_init!r}")
 
 
 class DenseHeads(nn.Module):
@@ -288,8 +297,9 @@ def pretrain_vision(
     init_weights_(encoder, seed=cfg.seed)
     fan_in_mlp_(encoder, seed=cfg.seed)
     stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
-    sample = clip_pixels(stream.take(cfg.init_clips), umt_cfg.image_size)  # pixels only: no labels needed
-    whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
+    if cfg.patch_init == "pca":
+        sample = clip_pixels(stream.take(cfg.init_clips), umt_cfg.image_size)  # pixels only: no labels needed
+        whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
     heads = DenseHeads(umt_cfg.hidden_size)
     init_weights_(heads, seed=cfg.seed + 1)
     params = list(encoder.parameters()) + list(heads.parameters())

@@ -1,0 +1,171 @@
+"""Diagnostic: how fast must a shape move for the demo's vision tower to learn its direction?
+
+The demo model answers direction questions at chance, and its pre-trained tower names held-out objects' motion
+direction no better (`motion` / `object_motion` in the model card's vision table, ~32–40% for 4 directions).
+This script separates the two possible causes:
+
+* **the data**: how many pixels an object moves between two sampled frames (1 fps) in the clips the tower is
+  pre-trained on (`videochat_flash.data.dense.sample_dense_clips`, the generator's scene mix);
+* **the tower**: a fresh tower of the demo's shape (`recipes/demo/stage0_scratch.yaml`) trained on the easiest
+  possible direction task (one white square on black, moving a fixed number of pixels per frame in one of 4
+  directions, a linear head on the mean token), per speed; held-out accuracy on fresh clips.
+
+    python benchmarks/probe_motion.py                        # ~12 min on 2 CPU cores
+    python benchmarks/probe_motion.py --speeds 2,6 --steps 300
+    python benchmarks/probe_motion.py --speeds 4,6 --patch-init pca   # the demo build's patch-embedding init
+
+Not a test: never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import append_readme, command_line, machine_line, markdown_table  # noqa: E402
+
+DIRECTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # left, right, up, down in (dx, dy)
+SQUARE = 10  # side in pixels: about the demo's small shapes
+
+
+def demo_tower():
+    from videochat_flash.train.demo import DEMO_RECIPES, FIRST_STAGE
+    from videochat_flash.train.recipes import load_recipe
+    from videochat_flash.train.trainer import ModelSources, build_config
+
+    return build_config(load_recipe(DEMO_RECIPES / f"{FIRST_STAGE}.yaml"), ModelSources()).vision
+
+
+def data_speeds(seed: int, scenes: int, size: int) -> np.ndarray:
+    """Pixels moved per frame by each object visible in >= 2 frames of a pre-training clip (centroid distance
+    between its first and last visible frame of the clip, divided by the frames between them)."""
+    from videochat_flash.data.dense import sample_dense_clips
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(scenes):
+        for clip in sample_dense_clips(rng, size, 4, needle_prob=0.0, max_clips=4):
+            for k in range(len(clip.objects)):
+                frames = [t for t in range(clip.owner.shape[0]) if (clip.owner[t] == k).any()]
+                if len(frames) < 2:
+                    continue
+                first, last = (np.argwhere(clip.owner[t] == k).mean(axis=0) for t in (frames[0], frames[-1]))
+                out.append(np.linalg.norm(last - first) / (frames[-1] - frames[0]))
+    return np.asarray(out)
+
+
+def square_clips(rng: np.random.Generator, n: int, speed: float, size: int, frames: int):
+    """`[n, T, 3, S, S]` clips of a white square moving ``speed`` px/frame, and the direction index of each."""
+    x = np.zeros((n, frames, 3, size, size), dtype=np.float32)
+    labels = rng.integers(0, len(DIRECTIONS), n)
+    travel = speed * (frames - 1)
+    half = SQUARE // 2
+    for i, d in enumerate(labels):
+        ux, uy = DIRECTIONS[d]
+        lo, hi = half + travel / 2, size - half - travel / 2
+        cx, cy = rng.uniform(lo, hi, 2)
+        for t in range(frames):
+            offset = speed * (t - (frames - 1) / 2)
+            px, py = int(round(cx + ux * offset)), int(round(cy + uy * offset))
+            x[i, t, :, py - half : py + half, px - half : px + half] = 1.0
+    return torch.from_numpy(x), torch.from_numpy(labels)
+
+
+def train_direction(
+    speed: float, steps: int, batch: int, seed: int, eval_clips: int, patch_init: str = "random"
+) -> tuple[float, float]:
+    """(final training loss, held-out accuracy) of a fresh demo-shaped tower + linear head on the mean token.
+
+    ``patch_init="pca"``: the patch embedding starts as `vision_pretrain` starts it for the demo build
+    (whitened principal components of the real pre-training clips, gain 2); ``"random"``: N(0, 0.02)."""
+    from videochat_flash.data.dense import sample_dense_clips
+    from videochat_flash.model.init import init_weights_
+    from videochat_flash.model.umt import UMTEncoder
+    from videochat_flash.train.vision_pretrain import clip_pixels, whiten_patch_embedding_
+
+    cfg = demo_tower()
+    torch.manual_seed(seed)
+    encoder = UMTEncoder(cfg)
+    init_weights_(encoder, seed=seed)
+    if patch_init == "pca":
+        rng = np.random.default_rng(seed)
+        clips = [
+            c for _ in range(16) for c in sample_dense_clips(rng, cfg.image_size, cfg.num_frames, 0.1, 4)
+        ]
+        whiten_patch_embedding_(encoder, clip_pixels(clips[:64], cfg.image_size), gain=2.0)
+    head = torch.nn.Linear(cfg.hidden_size, len(DIRECTIONS))
+    opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(steps):
+        x, y = square_clips(rng, batch, speed, cfg.image_size, cfg.num_frames)
+        loss = torch.nn.functional.cross_entropy(head(encoder(x).mean(1)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    held = np.random.default_rng(seed + 10_000)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, eval_clips, batch):
+            x, y = square_clips(held, min(batch, eval_clips - start), speed, cfg.image_size, cfg.num_frames)
+            correct += int((head(encoder(x).mean(1)).argmax(-1) == y).sum())
+    return float(np.mean(losses[-25:])), correct / eval_clips
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--speeds", default="2,4,6,8", help="pixels per frame")
+    p.add_argument("--patch-init", default="random", choices=("random", "pca"), help="see train_direction")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-clips", type=int, default=256)
+    p.add_argument("--scenes", type=int, default=400, help="scenes whose clips measure the data's speeds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-readme", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    lines = [machine_line(), ""]
+
+    speeds = data_speeds(a.seed, a.scenes, demo_tower().image_size)
+    pct = np.percentile(speeds, [10, 25, 50, 75, 90])
+    lines.append(
+        f"pre-training clips: {len(speeds)} moving objects; px/frame at the 10/25/50/75/90th percentile: "
+        + " / ".join(f"{v:.1f}" for v in pct)
+        + f"; share >= 6 px/frame: {np.mean(speeds >= 6):.0%}"
+    )
+    rows = []
+    for speed in (float(s) for s in a.speeds.split(",")):
+        t0 = time.time()
+        loss, acc = train_direction(speed, a.steps, a.batch, a.seed, a.eval_clips, a.patch_init)
+        rows.append(
+            [f"{speed:g}", a.patch_init, a.steps, f"{loss:.3f}", f"{acc:.0%}", f"{time.time() - t0:.0f}"]
+        )
+        print(rows[-1], flush=True)
+    lines += [
+        "",
+        "direction of one square on black (chance 25%, loss at chance 1.386):",
+        "",
+        markdown_table(
+            ["px/frame", "patch init", "steps", "final train loss", "held-out accuracy", "seconds"], rows
+        ),
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not a.no_readme:
+        append_readme(
+            "Motion probe: what the demo tower can learn (`probe_motion.py`)",
+            f"Command: `{command_line()}`\n\n```\n{body}\n```",
+        )
+
+
+if __name__ == "__main__":
+    main()
