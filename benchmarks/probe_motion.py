@@ -35,14 +35,6 @@ DIRECTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # left, right, up, down in (dx,
 SQUARE = 10  # side in pixels: about the demo's small shapes
 
 
-def demo_tower():
-    from videochat_flash.train.demo import DEMO_RECIPES, FIRST_STAGE
-    from videochat_flash.train.recipes import load_recipe
-    from videochat_flash.train.trainer import ModelSources, build_config
-
-    return build_config(load_recipe(DEMO_RECIPES / f"{FIRST_STAGE}.yaml"), ModelSources()).vision
-
-
 def data_speeds(seed: int, scenes: int, size: int) -> np.ndarray:
     """Pixels moved per frame by each object visible in >= 2 frames of a pre-training clip (centroid distance
     between its first and last visible frame of the clip, divided by the frames between them)."""
@@ -79,9 +71,9 @@ def square_clips(rng: np.random.Generator, n: int, speed: float, size: int, fram
 
 
 def train_direction(
-    speed: float, steps: int, batch: int, seed: int, eval_clips: int, patch_init: str = "random"
+    cfg, speed: float, steps: int, batch: int, seed: int, eval_clips: int, patch_init: str = "random"
 ) -> tuple[float, float]:
-    """(final training loss, held-out accuracy) of a fresh demo-shaped tower + linear head on the mean token.
+    """(final training loss, held-out accuracy) of a fresh tower of shape ``cfg`` + linear head on the mean token.
 
     ``patch_init="pca"``: the patch embedding starts as `vision_pretrain` starts it for the demo build
     (whitened principal components of the real pre-training clips, gain 2); ``"random"``: N(0, 0.02)."""
@@ -90,7 +82,6 @@ def train_direction(
     from videochat_flash.model.umt import UMTEncoder
     from videochat_flash.train.vision_pretrain import clip_pixels, whiten_patch_embedding_
 
-    cfg = demo_tower()
     torch.manual_seed(seed)
     encoder = UMTEncoder(cfg)
     init_weights_(encoder, seed=seed)
@@ -133,9 +124,11 @@ def main() -> None:
     p.add_argument("--no-readme", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    lines = [machine_line(), ""]
+    from videochat_flash.train.demo import tower_config
 
-    speeds = data_speeds(a.seed, a.scenes, demo_tower().image_size)
+    lines = [machine_line(), ""]
+    tower = tower_config()
+    speeds = data_speeds(a.seed, a.scenes, tower.image_size)
     pct = np.percentile(speeds, [10, 25, 50, 75, 90])
     lines.append(
         f"pre-training clips: {len(speeds)} moving objects; px/frame at the 10/25/50/75/90th percentile: "
@@ -145,7 +138,7 @@ def main() -> None:
     rows = []
     for speed in (float(s) for s in a.speeds.split(",")):
         t0 = time.time()
-        loss, acc = train_direction(speed, a.steps, a.batch, a.seed, a.eval_clips, a.patch_init)
+        loss, acc = train_direction(tower, speed, a.steps, a.batch, a.seed, a.eval_clips, a.patch_init)
         rows.append(
             [f"{speed:g}", a.patch_init, a.steps, f"{loss:.3f}", f"{acc:.0%}", f"{time.time() - t0:.0f}"]
         )

@@ -176,19 +176,25 @@ def make_tokenizer(work: Path, data_dir: Path):
     return tok_dir, tokenizer
 
 
+def tower_config():
+    """The demo's vision tower shape (`UMTConfig`), as its first stage's recipe sets it."""
+    from .recipes import load_recipe
+    from .trainer import ModelSources, build_config
+
+    return build_config(load_recipe(DEMO_RECIPES / f"{FIRST_STAGE}.yaml"), ModelSources()).vision
+
+
 def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
     """Dense pre-training of the tower (`vision_pretrain`); its UMT ``.pt`` seeds stage 0's vision tower."""
     from dataclasses import replace
 
-    from .recipes import load_recipe
-    from .trainer import ModelSources, build_config
     from .vision_pretrain import VisionPretrainConfig, pretrain_vision
 
     out = work / CACHED_OUTPUTS["vision"]
     if out.is_file():
         _log(f"vision weights exist: {out}")
         return out
-    tower = build_config(load_recipe(DEMO_RECIPES / f"{FIRST_STAGE}.yaml"), ModelSources()).vision
+    tower = tower_config()
     base = VisionPretrainConfig.from_yaml(DEMO_RECIPES / f"{VISION_STAGE}.yaml")
     cfg = replace(
         base,
