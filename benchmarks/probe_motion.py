@@ -7,12 +7,13 @@ This script separates the two possible causes:
 * **the data**: how many pixels an object moves between two sampled frames (1 fps) in the clips the tower is
   pre-trained on (`videochat_flash.data.dense.sample_dense_clips`, the generator's scene mix);
 * **the tower**: a fresh tower of the demo's shape (`recipes/demo/stage0_scratch.yaml`) trained on the easiest
-  possible direction task (one white square on black, moving a fixed number of pixels per frame in one of 4
-  directions, a linear head on the mean token), per speed; held-out accuracy on fresh clips.
+  possible direction task (one white square moving a fixed number of pixels per frame in one of 4 directions, a
+  linear head on the mean token), per speed and background; held-out accuracy on fresh clips.
 
     python benchmarks/probe_motion.py                        # ~12 min on 2 CPU cores
     python benchmarks/probe_motion.py --speeds 2,6 --steps 300
     python benchmarks/probe_motion.py --speeds 4,6 --patch-init pca   # the demo build's patch-embedding init
+    python benchmarks/probe_motion.py --speeds 4 --steps 300 --backgrounds 0,55,124,200,texture   # ~7 min
 
 Not a test: never run in CI.
 """
@@ -53,25 +54,49 @@ def data_speeds(seed: int, scenes: int, size: int) -> np.ndarray:
     return np.asarray(out)
 
 
-def square_clips(rng: np.random.Generator, n: int, speed: float, size: int, frames: int):
-    """`[n, T, 3, S, S]` clips of a white square moving ``speed`` px/frame, and the direction index of each."""
-    x = np.zeros((n, frames, 3, size, size), dtype=np.float32)
+def square_clips(
+    rng: np.random.Generator, n: int, speed: float, size: int, frames: int, background: str = "raw"
+):
+    """`[n, T, 3, S, S]` clips of a white square moving ``speed`` px/frame, and the direction index of each.
+
+    ``background``: ``"raw"`` = 1.0 on 0.0, not normalised (the probe's first version); a grey level ``"0"``-``"255"``
+    = a white (245) square on that flat grey; ``"texture"`` = on the generator's own background
+    (`data.shapes.make_background`). The last two go through the model's preprocessing (ImageNet normalisation),
+    as the pre-training clips do."""
+    from videochat_flash.data.shapes import make_background
+    from videochat_flash.model.preprocess import preprocess_frames
+
+    raw = background == "raw"
+    x = np.zeros((n, frames, size, size, 3), dtype=np.float32 if raw else np.uint8)
     labels = rng.integers(0, len(DIRECTIONS), n)
     travel = speed * (frames - 1)
     half = SQUARE // 2
     for i, d in enumerate(labels):
+        if background == "texture":
+            x[i] = make_background(rng, size)
+        elif not raw:
+            x[i] = int(background)
         ux, uy = DIRECTIONS[d]
         lo, hi = half + travel / 2, size - half - travel / 2
         cx, cy = rng.uniform(lo, hi, 2)
         for t in range(frames):
             offset = speed * (t - (frames - 1) / 2)
             px, py = int(round(cx + ux * offset)), int(round(cy + uy * offset))
-            x[i, t, :, py - half : py + half, px - half : px + half] = 1.0
-    return torch.from_numpy(x), torch.from_numpy(labels)
+            x[i, t, py - half : py + half, px - half : px + half] = 1.0 if raw else 245
+    if raw:
+        return torch.from_numpy(x.transpose(0, 1, 4, 2, 3).copy()), torch.from_numpy(labels)
+    return torch.stack([preprocess_frames(clip, size) for clip in x]), torch.from_numpy(labels)
 
 
 def train_direction(
-    cfg, speed: float, steps: int, batch: int, seed: int, eval_clips: int, patch_init: str = "random"
+    cfg,
+    speed: float,
+    steps: int,
+    batch: int,
+    seed: int,
+    eval_clips: int,
+    patch_init: str = "random",
+    background: str = "raw",
 ) -> tuple[float, float]:
     """(final training loss, held-out accuracy) of a fresh tower of shape ``cfg`` + linear head on the mean token.
 
@@ -96,7 +121,7 @@ def train_direction(
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(steps):
-        x, y = square_clips(rng, batch, speed, cfg.image_size, cfg.num_frames)
+        x, y = square_clips(rng, batch, speed, cfg.image_size, cfg.num_frames, background)
         loss = torch.nn.functional.cross_entropy(head(encoder(x).mean(1)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -106,7 +131,8 @@ def train_direction(
     correct = 0
     with torch.no_grad():
         for start in range(0, eval_clips, batch):
-            x, y = square_clips(held, min(batch, eval_clips - start), speed, cfg.image_size, cfg.num_frames)
+            n = min(batch, eval_clips - start)
+            x, y = square_clips(held, n, speed, cfg.image_size, cfg.num_frames, background)
             correct += int((head(encoder(x).mean(1)).argmax(-1) == y).sum())
     return float(np.mean(losses[-25:])), correct / eval_clips
 
@@ -115,6 +141,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--speeds", default="2,4,6,8", help="pixels per frame")
     p.add_argument("--patch-init", default="random", choices=("random", "pca"), help="see train_direction")
+    p.add_argument(
+        "--backgrounds",
+        default="raw",
+        help="comma list of: raw (1.0 on 0.0, unnormalised), a grey level 0-255, texture (the generator's); "
+        "see square_clips",
+    )
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
@@ -136,19 +168,39 @@ def main() -> None:
         + f"; share >= 6 px/frame: {np.mean(speeds >= 6):.0%}"
     )
     rows = []
-    for speed in (float(s) for s in a.speeds.split(",")):
+    runs = [(float(s), b) for s in a.speeds.split(",") for b in a.backgrounds.split(",")]
+    for speed, background in runs:
         t0 = time.time()
-        loss, acc = train_direction(tower, speed, a.steps, a.batch, a.seed, a.eval_clips, a.patch_init)
+        loss, acc = train_direction(
+            tower, speed, a.steps, a.batch, a.seed, a.eval_clips, a.patch_init, background
+        )
         rows.append(
-            [f"{speed:g}", a.patch_init, a.steps, f"{loss:.3f}", f"{acc:.0%}", f"{time.time() - t0:.0f}"]
+            [
+                f"{speed:g}",
+                background,
+                a.patch_init,
+                a.steps,
+                f"{loss:.3f}",
+                f"{acc:.0%}",
+                f"{time.time() - t0:.0f}",
+            ]
         )
         print(rows[-1], flush=True)
     lines += [
         "",
-        "direction of one square on black (chance 25%, loss at chance 1.386):",
+        "direction of one square (chance 25%, loss at chance 1.386):",
         "",
         markdown_table(
-            ["px/frame", "patch init", "steps", "final train loss", "held-out accuracy", "seconds"], rows
+            [
+                "px/frame",
+                "background",
+                "patch init",
+                "steps",
+                "final train loss",
+                "held-out accuracy",
+                "seconds",
+            ],
+            rows,
         ),
     ]
     body = "\n".join(lines)
