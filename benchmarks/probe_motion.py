@@ -155,6 +155,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-readme", action="store_true")
     a = p.parse_args()
+    backgrounds = a.backgrounds.split(",")
+    for b in backgrounds:
+        if b not in ("raw", "texture") and not (b.isdigit() and int(b) <= 255):
+            p.error(f"--backgrounds: {b!r} is not raw, texture or a grey level 0-255")
     torch.set_num_threads(a.threads)
     from videochat_flash.train.demo import tower_config
 
@@ -168,7 +172,7 @@ def main() -> None:
         + f"; share >= 6 px/frame: {np.mean(speeds >= 6):.0%}"
     )
     rows = []
-    runs = [(float(s), b) for s in a.speeds.split(",") for b in a.backgrounds.split(",")]
+    runs = [(float(s), b) for s in a.speeds.split(",") for b in backgrounds]
     for speed, background in runs:
         t0 = time.time()
         loss, acc = train_direction(
