@@ -1,14 +1,22 @@
 """The demo model: the one-command pipeline end to end (tiny scale), and the committed model."""
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from videochat_flash import VideoChatFlash
 from videochat_flash.inference.cache import TokenCache
 from videochat_flash.train.demo import (
     DATA,
+    STAGE_STAMP,
+    STAGES,
     build_demo,
+    data_mismatches,
+    finished_stage,
     missing_annotations,
+    read_step_records,
     record_seconds,
     recorded_seconds,
     write_model_card,
@@ -18,9 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "videochat-flash-demo"
 
 
-def test_tiny_end_to_end_pipeline(tmp_path):
-    """Generate a few samples, train a few steps of every stage, save, load, answer."""
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("demo")
     out = build_demo(tmp_path / "model", tmp_path / "work", seed=3, scale=0.004, evaluate=False)
+    return out, tmp_path / "work"
+
+
+def test_tiny_end_to_end_pipeline(tiny_build):
+    """Generate a few samples, train a few steps of every stage, save, load, answer."""
+    out, work = tiny_build
     report = json.loads((out / "training_report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == [
         "stage0_vision",
@@ -34,8 +49,8 @@ def test_tiny_end_to_end_pipeline(tmp_path):
     ]
     assert all(s["steps"] >= 1 for s in report["stages"])
     # the cacheable steps record their time
-    times = recorded_seconds(tmp_path / "work")
-    assert set(times) == {"data", "vision"}
+    times = recorded_seconds(work)
+    assert set(times) == {"data", "vision", *STAGES}
     assert report["reused_seconds"] == {} and report["train_seconds"] >= sum(times.values())
     assert (out / "README.md").is_file() and (out / "example.mp4").is_file()
     model = VideoChatFlash.from_pretrained(out)
@@ -44,6 +59,52 @@ def test_tiny_end_to_end_pipeline(tmp_path):
         str(out / "example.mp4"), "What color is the circle?", generation={"max_new_tokens": 6}
     )
     assert isinstance(answer, str) and len(history) == 2
+
+
+def test_a_rebuild_reuses_finished_stages_up_to_the_first_missing_one(tiny_build, capsys):
+    """An interrupted build picks up where it stopped: finished stages are reused, the first unfinished one and all
+    after it train again from a clean folder (the log appends, so a stale one would double its steps)."""
+    out, work = tiny_build
+    before = {stage: (work / stage / "final" / "model.safetensors").stat().st_mtime_ns for stage in STAGES}
+    shutil.rmtree(work / "stage2_short" / "final")  # as if the build died during stage 2
+    build_demo(out, work, seed=3, scale=0.004, evaluate=False)
+    kept = ["stage0_scratch", "stage0_mc", "stage0_niah", "stage1_connector"]
+    after = {stage: (work / stage / "final" / "model.safetensors").stat().st_mtime_ns for stage in STAGES}
+    assert [s for s in STAGES if after[s] == before[s]] == kept
+    assert "stage0_niah: finished by an earlier run of this command" in capsys.readouterr().out
+    report = json.loads((out / "training_report.json").read_text())
+    assert set(report["reused_seconds"]) == {"data", "vision", *kept}
+    steps = [r["step"] for r in read_step_records(work / "stage2_short" / "train_log.jsonl")]
+    assert steps == sorted(set(steps))
+
+
+def test_a_finished_stage_is_reused_only_with_the_same_recipe(tmp_path):
+    assert finished_stage(tmp_path, "stage2_short") is None
+    final = tmp_path / "stage2_short" / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    stamp = {"recipe": "a: 1\n", "overrides": ["train.seed=3"]}
+    assert finished_stage(tmp_path, "stage2_short", stamp) == final  # written before stamps existed
+    (tmp_path / "stage2_short" / STAGE_STAMP).write_text(json.dumps(stamp))
+    assert finished_stage(tmp_path, "stage2_short", stamp) == final
+    assert finished_stage(tmp_path, "stage2_short", {**stamp, "overrides": ["train.seed=4"]}) is None
+
+
+def test_cached_data_of_another_seed_or_size_is_not_reused():
+    sizes = {**DATA, "num_samples": 8, "num_long": 2, "num_niah": 2, "num_single": 8}
+    manifest = {
+        "seed": 3,
+        "size": 64,
+        "fps": 1.0,
+        "short_seconds": [4, 16],
+        "long_seconds": [16, 48],
+        "videos": {"single": 8, "short": 8, "long": 2, "niah": 2},
+    }
+    assert data_mismatches(manifest, 3, sizes) == []
+    assert data_mismatches(manifest, 4, sizes) == ["seed 3 != 4"]
+    assert data_mismatches(manifest, 3, {**sizes, "num_long": 3}) == [
+        "videos {'single': 8, 'short': 8, 'long': 2, 'niah': 2} != {'single': 8, 'short': 8, 'long': 3, 'niah': 2}"
+    ]
 
 
 def test_data_from_before_a_stage_file_existed_is_not_reused():

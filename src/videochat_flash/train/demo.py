@@ -46,8 +46,10 @@ DATA = dict(
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
-TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision)
+TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision, each finished stage)
 # What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists.
+# A training stage is done when its ``final/`` exists; it is reused only while every step before it was reused.
+STAGE_STAMP = "build_stamp.json"  # in a stage's folder: the `stage_stamp` it was trained with
 CACHED_OUTPUTS = {"data": Path("data") / "manifest.json", "vision": Path(VISION_STAGE) / "umt.pt"}
 EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reported as single_* tasks
 SYSTEM_TEXTS = (
@@ -126,29 +128,83 @@ def recorded_seconds(work: Path) -> dict[str, float]:
     vision = work / VISION_STAGE / "umt.json"
     if "vision" not in times and vision.is_file():  # builds before timings.json: the metrics hold the time
         times["vision"] = json.loads(vision.read_text())["seconds"]
+    for stage in STAGES:  # stages finished before their time was recorded: estimate it from their log
+        if stage not in times and finished_stage(work, stage) is not None:
+            times[stage] = logged_seconds(read_step_records(work / stage / "train_log.jsonl"))
     return times
 
 
-def make_data(work: Path, seed: int, scale: float) -> Path:
+def finished_stage(work: Path, stage: str, recipe: dict | None = None) -> Path | None:
+    """The stage's final model when an earlier run finished it (written atomically, so it is whole) and, given
+    ``recipe`` (`stage_stamp`), trained it with that recipe. Runs from before stamps were written pass."""
+    final = work / stage / "final"
+    if not (final / "config.json").is_file():
+        return None
+    stamp = work / stage / STAGE_STAMP
+    if recipe is not None and stamp.is_file() and json.loads(stamp.read_text()) != recipe:
+        return None
+    return final
+
+
+def stage_stamp(stage: str, overrides: list[str]) -> dict:
+    """What a stage's run depends on besides its inputs: its recipe file and the build's overrides."""
+    return {"recipe": (DEMO_RECIPES / f"{stage}.yaml").read_text(), "overrides": overrides}
+
+
+def read_step_records(log_file: Path) -> list[dict]:
+    """The per-step records (those with a loss) of a trainer's ``train_log.jsonl``."""
+    if not log_file.is_file():
+        return []
+    records = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    return [r for r in records if "step" in r and "loss" in r]
+
+
+def logged_seconds(steps: list[dict]) -> float:
+    """Training seconds from a log that records every n-th step's time (n = the first logged step)."""
+    return round(sum(r.get("step_time_s", 0.0) for r in steps) * (steps[0]["step"] if steps else 1), 1)
+
+
+def make_data(work: Path, seed: int, scale: float) -> tuple[Path, bool]:
+    """The stages' data in ``work/data`` and whether an earlier run's copy was reused."""
     from ..data.synth import generate_dataset, refresh_mixtures
 
     data_dir = work / "data"
-    if (work / CACHED_OUTPUTS["data"]).is_file():
-        missing = missing_annotations(json.loads((work / CACHED_OUTPUTS["data"]).read_text()))
-        if not missing:
-            refresh_mixtures(data_dir)  # data from before a mixture was added still serves it
-            _log(f"data exists: {data_dir}")
-            return data_dir
-        _log(f"data in {data_dir} predates {', '.join(missing)}: generating it again")
-        shutil.rmtree(data_dir)
     # At tiny scales keep at least one global batch (8) of captions for the caption-only stage 1.
     floors = {"num_samples": 8, "num_long": 2, "num_niah": 2, "num_single": 8}
     sizes = {k: max(floors[k], int(v * scale)) if k in floors else v for k, v in DATA.items()}
+    manifest_file = work / CACHED_OUTPUTS["data"]
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text())
+        stale = missing_annotations(manifest) + data_mismatches(manifest, seed, sizes)
+        if not stale:
+            refresh_mixtures(data_dir)  # data from before a mixture was added still serves it
+            _log(f"data exists: {data_dir}")
+            return data_dir, True
+        _log(f"data in {data_dir} differs ({', '.join(stale)}): generating it again")
+        shutil.rmtree(data_dir)
     _log(f"generating synthetic data into {data_dir} ({sizes})")
     t0 = time.time()
     generate_dataset(data_dir, seed, stage="all", workers=1, **sizes)
     record_seconds(work, "data", time.time() - t0)
-    return data_dir
+    return data_dir, False
+
+
+def data_mismatches(manifest: dict, seed: int, sizes: dict) -> list[str]:
+    """What a generated dataset (its manifest) has that this build would generate differently."""
+    wanted = {
+        "seed": seed,
+        "size": sizes["size"],
+        "fps": sizes["fps"],
+        "short_seconds": list(sizes["short_seconds"]),
+        "long_seconds": list(sizes["long_seconds"]),
+        "videos": {
+            "single": sizes["num_single"],
+            "short": sizes["num_samples"],
+            "long": sizes["num_long"],
+            "niah": sizes["num_niah"],
+        },
+    }
+    return [f"{key} {manifest.get(key)} != {value}" for key, value in wanted.items() if manifest.get(key) != value]
 
 
 def missing_annotations(manifest: dict) -> list[str]:
@@ -184,16 +240,14 @@ def tower_config():
     return build_config(load_recipe(DEMO_RECIPES / f"{FIRST_STAGE}.yaml"), ModelSources()).vision
 
 
-def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
-    """Dense pre-training of the tower (`vision_pretrain`); its UMT ``.pt`` seeds stage 0's vision tower."""
-    from dataclasses import replace
+def make_vision_weights(work: Path, seed: int, scale: float) -> tuple[Path, bool]:
+    """Dense pre-training of the tower (`vision_pretrain`); its UMT ``.pt`` seeds stage 0's vision tower.
+    Also says whether an earlier run's weights were reused."""
+    from dataclasses import asdict, replace
 
     from .vision_pretrain import VisionPretrainConfig, pretrain_vision
 
     out = work / CACHED_OUTPUTS["vision"]
-    if out.is_file():
-        _log(f"vision weights exist: {out}")
-        return out
     tower = tower_config()
     base = VisionPretrainConfig.from_yaml(DEMO_RECIPES / f"{VISION_STAGE}.yaml")
     cfg = replace(
@@ -202,12 +256,19 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> Path:
         eval_clips=max(base.batch_size, int(base.eval_clips * min(1.0, scale * 10))),
         seed=seed,
     )
+    metrics_file = out.with_suffix(".json")  # `pretrain_vision` writes it beside the weights
+    if out.is_file() and metrics_file.is_file():
+        written = json.loads(metrics_file.read_text())
+        if [written.get("config"), written.get("tower")] == json.loads(json.dumps([asdict(cfg), asdict(tower)])):
+            _log(f"vision weights exist: {out}")
+            return out, True
+        _log(f"vision weights in {out} were trained with another config or tower: training them again")
     _log(f"{VISION_STAGE}: {cfg.steps} steps of dense pre-training of the {tower.hidden_size}-wide tower")
     t0 = time.time()
     metrics = pretrain_vision(tower, out, cfg)
     record_seconds(work, "vision", time.time() - t0)
     _log(f"{VISION_STAGE}: done in {time.time() - t0:.0f} s, held-out {metrics['heldout']}")
-    return out
+    return out, False
 
 
 def stage_overrides(
@@ -263,11 +324,12 @@ def build_demo(
     torch.set_num_threads(threads)
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
-    reused = [step for step, path in CACHED_OUTPUTS.items() if (work / path).is_file()]
-    data_dir = make_data(work, seed, scale)
+    data_dir, data_reused = make_data(work, seed, scale)
     tok_dir, tokenizer = make_tokenizer(work, data_dir)
-    vision_weights = make_vision_weights(work, seed, scale)
+    vision_weights, vision_reused = make_vision_weights(work, seed, scale)
+    reused = [step for step, done in (("data", data_reused), ("vision", vision_reused)) if done]
     previous: Path | None = None
+    reuse_stages = data_reused and vision_reused  # finished stages saw these same inputs
     for k, stage in enumerate(STAGES):  # k seeds the stage
         base = load_recipe(DEMO_RECIPES / f"{stage}.yaml")
         overrides = stage_overrides(
@@ -283,11 +345,23 @@ def build_demo(
             base.train.max_steps,
             vision_weights,
         )
+        stamp = stage_stamp(stage, overrides)
+        final = finished_stage(work, stage, stamp) if reuse_stages else None
+        if final is not None:
+            _log(f"{stage}: finished by an earlier run of this command, reusing {final}")
+            reused.append(stage)
+            previous = final
+            continue
+        reuse_stages = False  # every later stage must start from this stage's new weights
+        # An interrupted or outdated run's log and checkpoints would mix into this run's report (the log appends).
+        shutil.rmtree(work / stage, ignore_errors=True)
         recipe = load_recipe(DEMO_RECIPES / f"{stage}.yaml", overrides)
         t0 = time.time()
         _log(f"{stage}: {recipe.train.max_steps} steps, parts {recipe.train.tunable_parts}")
         result = train(recipe)
         previous = result.final_dir
+        record_seconds(work, stage, time.time() - t0)
+        (work / stage / STAGE_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
         _log(f"{stage}: done in {time.time() - t0:.0f} s")
     _install(previous, out, data_dir)
     times = recorded_seconds(work)
@@ -339,8 +413,7 @@ def stage_rows(work: Path) -> list[dict]:
         log_file = work / stage / "train_log.jsonl"
         if not log_file.is_file():
             continue
-        records = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
-        steps = [r for r in records if "step" in r and "loss" in r]
+        steps = read_step_records(log_file)
         tail = [r["loss"] for r in steps[-4:]] or [float("nan")]
         recipe = load_recipe(DEMO_RECIPES / f"{stage}.yaml")
         skipped_file = work / stage / "skipped_samples.jsonl"
@@ -349,9 +422,7 @@ def stage_rows(work: Path) -> list[dict]:
                 stage=stage,
                 steps=steps[-1]["step"] if steps else 0,
                 final_loss=round(sum(tail) / len(tail), 4),
-                seconds=round(
-                    sum(r.get("step_time_s", 0.0) for r in steps) * (steps[0]["step"] if steps else 1), 1
-                ),
+                seconds=logged_seconds(steps),
                 skipped=len(skipped_file.read_text().splitlines()) if skipped_file.is_file() else 0,
                 parts=list(recipe.train.tunable_parts),
                 lr=recipe.optim.lr,
