@@ -78,6 +78,19 @@ def test_a_rebuild_reuses_finished_stages_up_to_the_first_missing_one(tiny_build
     assert steps == sorted(set(steps))
 
 
+def test_cached_vision_weights_of_another_config_are_trained_again(tiny_build):
+    from videochat_flash.train.demo import make_vision_weights
+
+    _, work = tiny_build
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is True
+    metrics = work / "stage0_vision" / "umt.json"
+    written = json.loads(metrics.read_text())
+    written["config"]["lr"] *= 2  # as if the recipe had changed since
+    metrics.write_text(json.dumps(written))
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is True  # the retrained weights match again
+
+
 def test_a_finished_stage_is_reused_only_with_the_same_recipe(tmp_path):
     assert finished_stage(tmp_path, "stage2_short") is None
     final = tmp_path / "stage2_short" / "final"
