@@ -84,6 +84,9 @@ class Variant:
     # share of training questions whose subject is drawn from the whole vocabulary, present in the scene or not
     # (answered ``<subject> absent`` when not): the video alone then says nothing of which subject is asked
     any_subject: float = 0.0
+    # text-only samples added to each training batch: a question with no video, answered ``<subject> absent``,
+    # so the subject copy is also trained where it is cheap (no video to decode, no tower, a short sequence)
+    text_copy: int = 0
 
     @property
     def slots(self) -> tuple:
@@ -100,6 +103,7 @@ class Variant:
         extra += f", visual x{self.visual_scale:g}" if self.visual_scale != 1 else ""
         extra += f", {self.lone:.0%} lone" if self.lone else ""
         extra += f", {self.any_subject:.0%} any subject" if self.any_subject else ""
+        extra += f", +{self.text_copy} text copy" if self.text_copy else ""
         return f"{self.answer}, {order}" + extra
 
 
@@ -116,6 +120,7 @@ VARIANTS = (
     Variant("restate", q_last=True, pad=5, lone=0.7),
     Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=0.5),
     Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=1.0),
+    Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=0.5, text_copy=8),
 )
 
 
@@ -205,10 +210,14 @@ def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None 
             scored += [(len(words) + k, slot) for k, slot in enumerate(variant.slots[: len(answer)])]
             words += answer + (["<eot>"] if turn + 1 < variant.turns else [])
         samples.append((scenes.tokens(objs), words, scored))
+    for _ in range(variant.text_copy if kind is None else 0):
+        prompt, answer = question(scenes, [], scenes.rng.choice(["color", "shape"]), variant, any_subject=1.0)
+        words = ["<ve>"] + prompt
+        samples.append((torch.zeros(0, FEATURE_DIM), words + answer, [(len(words), "subject"), (len(words) + 1, None)]))
     length = max(3 + v.shape[0] + len(w) for v, w, _ in samples)
-    x = torch.zeros(size, length, llm.cfg.hidden_size)
-    mask = torch.zeros(size, length, dtype=torch.bool)
-    labels = torch.full((size, length), -100)
+    x = torch.zeros(len(samples), length, llm.cfg.hidden_size)
+    mask = torch.zeros(len(samples), length, dtype=torch.bool)
+    labels = torch.full((len(samples), length), -100)
     targets = []
     head = torch.tensor([VOCAB[w] for w in ("<sys>", "<user>", "<vs>")])
     for b, (vis, words, scored) in enumerate(samples):
