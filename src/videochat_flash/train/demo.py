@@ -47,8 +47,9 @@ DATA = dict(
     long_seconds=(16, 48),
 )
 TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision, each finished stage)
-# What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists.
-# A training stage is done when its ``final/`` exists; it is reused only while every step before it was reused.
+# What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists and
+# was made with this build's settings (`data_mismatches`, the tower's ``umt.json``). A training stage is done when
+# its ``final/`` exists; it is reused only with the same `stage_stamp` and while every step before it was reused.
 STAGE_STAMP = "build_stamp.json"  # in a stage's folder: the `stage_stamp` it was trained with
 CACHED_OUTPUTS = {"data": Path("data") / "manifest.json", "vision": Path(VISION_STAGE) / "umt.pt"}
 EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reported as single_* tasks
@@ -259,7 +260,8 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> tuple[Path, bool
     metrics_file = out.with_suffix(".json")  # `pretrain_vision` writes it beside the weights
     if out.is_file() and metrics_file.is_file():
         written = json.loads(metrics_file.read_text())
-        if [written.get("config"), written.get("tower")] == json.loads(json.dumps([asdict(cfg), asdict(tower)])):
+        wanted = json.loads(json.dumps([asdict(cfg), asdict(tower)]))  # as the file holds them: tuples as lists
+        if [written.get("config"), written.get("tower")] == wanted:
             _log(f"vision weights exist: {out}")
             return out, True
         _log(f"vision weights in {out} were trained with another config or tower: training them again")
