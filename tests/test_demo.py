@@ -51,7 +51,9 @@ def test_tiny_end_to_end_pipeline(tiny_build):
     # the cacheable steps record their time
     times = recorded_seconds(work)
     assert set(times) == {"data", "vision", *STAGES}
-    assert report["reused_seconds"] == {} and report["train_seconds"] >= sum(times.values())
+    # the wall time holds every recorded step; each of them and the wall time are rounded to 0.1 s when written
+    rounding = 0.05 * (len(times) + 1)
+    assert report["reused_seconds"] == {} and report["train_seconds"] >= sum(times.values()) - rounding
     assert (out / "README.md").is_file() and (out / "example.mp4").is_file()
     model = VideoChatFlash.from_pretrained(out)
     assert model.config.image_size == 96  # stage 4 raised the resolution
