@@ -13,6 +13,11 @@ A probe far above the model means the tokens hold the binding and the LLM does n
 
     python benchmarks/probe_binding.py                       # ~4 min on 2 CPU cores
     python benchmarks/probe_binding.py --model DIR --videos 600
+    python benchmarks/probe_binding.py --model DIR --tokens tome   # the tokens before the connector
+
+``--tokens tome`` feeds the probe the tower's features after ToMe, before the connector's MLP, so the two sides of
+the connector can be compared: a binding the ToMe'd features hold and the connector's output does not was lost in
+the connector.
 
 Not a test: never run in CI.
 """
@@ -20,6 +25,7 @@ Not a test: never run in CI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -56,6 +62,17 @@ class AttentionProbe(torch.nn.Module):
         scores = torch.einsum("bnhe,bhe->bhn", k, q) / self.head_dim**0.5
         weights = scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
         return self.out(torch.einsum("bhn,bnhe->bhe", weights, v).reshape(b, -1))
+
+
+@contextlib.contextmanager
+def connector_skipped(model):
+    """The model encodes videos to its ToMe'd tower features: the connector's MLP is the identity meanwhile."""
+    mlp = model.projector.mlp
+    model.projector.mlp = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        model.projector.mlp = mlp
 
 
 def padded(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +121,9 @@ def main() -> None:
     p.add_argument("--samples", default="800,1600,3200,6400,12800", help="probe training-sample checkpoints")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--tokens", choices=("connector", "tome"), default="connector", help="which tokens the probe reads"
+    )
     p.add_argument("--no-readme", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -125,14 +145,20 @@ def main() -> None:
         records = [json.loads(line) for line in eval_jsonl.read_text().splitlines()]
         records = [r for r in records if r["task"] in KEYS and len(r["meta"]["objects"]) > 1]
         encoded = {}  # video -> VideoTokens, encoded once for the probe and the model's own answers
+        probed = {}  # video -> the tokens the probe reads
         for r in records:
             if r["video"] not in encoded:
-                encoded[r["video"]] = encode_video(model, str(eval_jsonl.parent / r["video"]))
+                path = str(eval_jsonl.parent / r["video"])
+                encoded[r["video"]] = encode_video(model, path)
+                probed[r["video"]] = encoded[r["video"]].tokens
+                if a.tokens == "tome":
+                    with connector_skipped(model):
+                        probed[r["video"]] = encode_video(model, path).tokens
         videos = sorted(encoded)
         test_videos = set(videos[int(0.8 * len(videos)) :])
         for task, key in KEYS.items():
             recs = [r for r in records if r["task"] == task]
-            x, mask = padded([encoded[r["video"]].tokens.float() for r in recs])
+            x, mask = padded([probed[r["video"]].float() for r in recs])
             asked = torch.tensor([vocab[key].index(r["meta"]["objects"][r["target"]][key]) for r in recs])
             answer = torch.tensor([r["answer_index"] for r in recs])
             is_test = torch.tensor([r["video"] in test_videos for r in recs])
@@ -169,7 +195,7 @@ def main() -> None:
             print(task, {c: round(v, 3) for c, v in curve.items()}, "model", round(model_acc, 3), flush=True)
     headers = ["task", "train q", "test q", *(f"probe @{c}" for c in checkpoints), "model"]
     body = (
-        f"`{command_line()}`\n\n{machine_line()}; model `{Path(a.model).name}`; {time.time() - t0:.0f} s.\n"
+        f"`{command_line()}`\n\n{machine_line()}; model `{Path(a.model).name}`, probe on `{a.tokens}` tokens; {time.time() - t0:.0f} s.\n"
         f"Held-out multi-object questions, accuracy in %. `probe @N`: the attention probe after N training "
         f"samples; `model`: the model's own greedy answer.\n\n" + markdown_table(headers, rows)
     )
