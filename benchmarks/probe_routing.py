@@ -18,6 +18,14 @@ the subject / letter given both).
 
     python benchmarks/probe_routing.py --steps 600 --readme   # the table in benchmarks/README.md (~8 min, 1 core)
 
+``--tokens MODEL`` replaces the idealised tokens with a demo checkpoint's real ones: the generator's scenes rendered
+in memory, through that checkpoint's tower and ToMe (before its connector; the probe trains its own), 1,200 scenes
+for training and 256 held out, encoded once. ``--standardise`` / ``--whiten EPS`` rescale those tokens per channel /
+per direction of their covariance. The variant ``shape x0.3`` makes the idealised shape code weaker than the colour
+code, as the real tokens' turned out to behave (`benchmarks/README.md`, "Where the binding is lost").
+
+    python benchmarks/probe_routing.py --tokens runs/demo22/stage0_mc/final --only "pad 5, 4 turns" --whiten 1e-4
+
 Not a test: never run in CI.
 """
 
@@ -87,6 +95,8 @@ class Variant:
     # text-only samples added to each training batch: a question with no video, answered ``<subject> absent``,
     # so the subject copy is also trained where it is cheap (no video to decode, no tower, a short sequence)
     text_copy: int = 0
+    # the shape code's norm relative to the colour code's in idealised object tokens (1: equal)
+    shape_weight: float = 1.0
 
     @property
     def slots(self) -> tuple:
@@ -104,6 +114,7 @@ class Variant:
         extra += f", {self.lone:.0%} lone" if self.lone else ""
         extra += f", {self.any_subject:.0%} any subject" if self.any_subject else ""
         extra += f", +{self.text_copy} text copy" if self.text_copy else ""
+        extra += f", shape x{self.shape_weight:g}" if self.shape_weight != 1 else ""
         return f"{self.answer}, {order}" + extra
 
 
@@ -121,6 +132,7 @@ VARIANTS = (
     Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=0.5),
     Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=1.0),
     Variant("restate", q_last=True, pad=5, lone=0.7, any_subject=0.5, text_copy=8),
+    Variant("restate", q_last=True, pad=5, turns=4, shape_weight=0.3),
 )
 
 
@@ -145,7 +157,7 @@ class Scenes:
             if any(colors.count(c) == 1 for c in colors):
                 return objs
 
-    def tokens(self, objs: list[tuple[int, int]]) -> torch.Tensor:
+    def tokens(self, objs: list[tuple[int, int]], shape_weight: float = 1.0) -> torch.Tensor:
         frames = []
         for _ in range(self.rng.randint(4, 8)):
             frame = torch.randn(TOKENS_PER_FRAME, FEATURE_DIM, generator=self.gen) * self.noise
@@ -153,9 +165,96 @@ class Scenes:
             for k, (s, c) in enumerate(objs):
                 for slot in slots[2 * k : 2 * k + 2]:
                     noise = torch.randn(FEATURE_DIM, generator=self.gen) * self.noise
-                    frame[slot] = self.shape_vec[s] + self.color_vec[c] + noise
+                    frame[slot] = shape_weight * self.shape_vec[s] + self.color_vec[c] + noise
             frames.append(frame)
         return torch.cat(frames)
+
+
+class RealScenes(Scenes):
+    """The generator's scenes (`data.shapes.sample_scene`: 1-4 objects, 4-16 s at 1 fps, rendered in memory, no mp4)
+    with a demo checkpoint's real visual tokens: its tower's features merged by ToMe to 16 per frame, before the
+    connector (the probe trains its own). A bank of scenes is encoded once per checkpoint and split; `scene()` draws
+    from it."""
+
+    _banks: dict = {}
+
+    def __init__(self, seed: int, model_dir: str, held_out: bool, standardise: bool, whiten: float = 0.0):
+        super().__init__(seed)
+        key = (model_dir, held_out, standardise, whiten)
+        if key not in self._banks:
+            bank = encode_bank(model_dir, seed=99 if held_out else 7, count=256 if held_out else 1200)
+            if whiten:
+                bank = whitened(bank, whiten)
+            self._banks[key] = standardised(bank) if standardise else bank
+        self.bank = self._banks[key]
+        self._tokens = None
+
+    def scene(self, lone: float = 0.0) -> list[tuple[int, int]]:
+        """With ``lone``, that share of scenes holds one object and the rest 2-4 (as `Scenes`); else 1-4."""
+        one = bool(lone) and self.rng.random() < lone
+        while True:
+            objs, tokens = self.bank[self.rng.randrange(len(self.bank))]
+            if not lone or (len(objs) == 1) == one:
+                self._tokens = tokens
+                return objs
+
+    def tokens(self, objs: list[tuple[int, int]], shape_weight: float = 1.0) -> torch.Tensor:
+        return self._tokens  # `batch` asks for the tokens of the scene it has just drawn
+
+
+def encode_bank(model_dir: str, seed: int, count: int) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """``count`` scenes that `Scenes.scene` could draw (distinct shapes, one colour at least unique) and their tokens."""
+    import numpy as np
+
+    from videochat_flash.data.shapes import render_frame, sample_scene
+    from videochat_flash.model.tome import tome_merge
+    from videochat_flash.model.videochat import VideoChatFlash
+
+    model = VideoChatFlash.from_pretrained(model_dir)
+    per_clip = model.config.frames_per_clip
+    rng = np.random.default_rng(seed)
+    bank = []
+    while len(bank) < count:
+        scene = sample_scene(
+            rng, duration=float(rng.integers(4, 17)), fps=1.0, size=64, num_objects=int(rng.integers(1, 5))
+        )
+        objs = [(SHAPES.index(o.shape), COLORS.index(o.color)) for o in scene.objects]
+        colors = [c for _, c in objs]
+        if len({s for s, _ in objs}) < len(objs) or not any(colors.count(c) == 1 for c in colors):
+            continue
+        frames = np.stack([render_frame(scene, i) for i in range(scene.num_frames // per_clip * per_clip)])
+        with torch.no_grad():
+            clips = model.preprocess_video(frames).unflatten(0, (-1, per_clip))
+            merged = tome_merge(model.vision(clips), TOKENS_PER_FRAME * per_clip, model.projector.cfg.merge_heads)
+        bank.append((objs, merged.flatten(0, 1).float()))
+    return bank
+
+
+def standardised(bank: list) -> list:
+    """Each channel to zero mean, unit variance over the bank's tokens (as `probe_binding.py` feeds its probe)."""
+    every = torch.cat([t for _, t in bank])
+    mean, std = every.mean(0), every.std(0) + 1e-6
+    return [(objs, (t - mean) / std) for objs, t in bank]
+
+
+def whitened(bank: list, eps: float) -> list:
+    """The tokens centred and whitened (covariance -> identity; eigenvalues below ``eps`` x the largest are floored
+    there), over the bank's own tokens: every direction of the feature space at the same scale."""
+    every = torch.cat([t for _, t in bank])
+    mean = every.mean(0)
+    values, vectors = torch.linalg.eigh(torch.cov((every - mean).T, correction=0))
+    floor = eps * values.max()
+    transform = vectors @ torch.diag((values.clamp(min=0) + floor).rsqrt()) @ vectors.T
+    return [(objs, (t - mean) @ transform) for objs, t in bank]
+
+
+def make_scenes(seed: int, held_out: bool) -> Scenes:
+    if TOKENS["model"]:
+        return RealScenes(seed, TOKENS["model"], held_out, TOKENS["standardise"], TOKENS["whiten"])
+    return Scenes(seed)
+
+
+TOKENS = {"model": "", "standardise": False, "whiten": 0.0}  # set from --tokens / --standardise / --whiten
 
 
 def prompt_words(ask: list[str], options: tuple[str, ...], variant: Variant) -> list[str]:
@@ -209,7 +308,7 @@ def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None 
             words += (["<user>"] if turn else []) + prompt
             scored += [(len(words) + k, slot) for k, slot in enumerate(variant.slots[: len(answer)])]
             words += answer + (["<eot>"] if turn + 1 < variant.turns else [])
-        samples.append((scenes.tokens(objs), words, scored))
+        samples.append((scenes.tokens(objs, variant.shape_weight), words, scored))
     for _ in range(variant.text_copy if kind is None else 0):
         prompt, answer = question(scenes, [], scenes.rng.choice(["color", "shape"]), variant, any_subject=1.0)
         words = ["<ve>"] + prompt
@@ -233,7 +332,7 @@ def batch(scenes, llm, connector, variant: Variant, size: int, kind: str | None 
 
 
 def evaluate(llm, connector, variant: Variant, seed: int) -> dict[str, dict[int | str, float]]:
-    scenes = Scenes(seed)
+    scenes = make_scenes(seed, held_out=True)
     out = {}
     with torch.no_grad():
         for kind in ("color", "shape"):
@@ -268,7 +367,7 @@ def train_variant(variant: Variant, steps: int, eval_every: int, seed: int) -> l
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
-    scenes = Scenes(seed)
+    scenes = make_scenes(seed, held_out=False)
     history = []
     t0 = time.time()
     for step in range(1, steps + 1):
@@ -299,8 +398,14 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--readme", action="store_true", help="append the table to benchmarks/README.md")
     p.add_argument("--only", default="", help="run only the variants whose name contains this text")
+    p.add_argument("--tokens", default="", help="a demo checkpoint: its real ToMe'd tower tokens, not idealised ones")
+    p.add_argument("--standardise", action="store_true", help="with --tokens: standardise each token channel")
+    p.add_argument(
+        "--whiten", type=float, default=0.0, help="with --tokens: whiten the tokens, eigenvalue floor EPS x the largest"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    TOKENS.update(model=args.tokens, standardise=args.standardise, whiten=args.whiten)
     t0 = time.time()
     chosen = [v for v in VARIANTS if args.only in v.name]
     results = {v: train_variant(v, args.steps, args.eval_every, args.seed) for v in chosen}
