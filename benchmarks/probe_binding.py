@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import tempfile
@@ -149,11 +150,15 @@ def main() -> None:
         for r in records:
             if r["video"] not in encoded:
                 path = str(eval_jsonl.parent / r["video"])
-                encoded[r["video"]] = encode_video(model, path)
-                probed[r["video"]] = encoded[r["video"]].tokens
-                if a.tokens == "tome":
+                if a.tokens == "tome":  # decode and run the tower once; the model's tokens are the MLP of these
                     with connector_skipped(model):
-                        probed[r["video"]] = encode_video(model, path).tokens
+                        merged = encode_video(model, path)
+                    with torch.no_grad():
+                        encoded[r["video"]] = dataclasses.replace(merged, tokens=model.projector.mlp(merged.tokens))
+                    probed[r["video"]] = merged.tokens
+                else:
+                    encoded[r["video"]] = encode_video(model, path)
+                    probed[r["video"]] = encoded[r["video"]].tokens
         videos = sorted(encoded)
         test_videos = set(videos[int(0.8 * len(videos)) :])
         for task, key in KEYS.items():

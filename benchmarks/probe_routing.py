@@ -239,7 +239,9 @@ def standardised(bank: list) -> list:
 
 def whitened(bank: list, eps: float) -> list:
     """The tokens centred and whitened (covariance -> identity; eigenvalues below ``eps`` x the largest are floored
-    there), over the bank's own tokens: every direction of the feature space at the same scale."""
+    there), over the bank's own tokens: every direction of the feature space at the same scale. Not
+    `train.vision_pretrain.pca_whitening`: that one floors each component's std at an absolute 1e-3, and the
+    measured lookup depended on a floor relative to the largest eigenvalue (`benchmarks/README.md`)."""
     every = torch.cat([t for _, t in bank])
     mean = every.mean(0)
     values, vectors = torch.linalg.eigh(torch.cov((every - mean).T, correction=0))
