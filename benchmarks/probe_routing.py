@@ -26,12 +26,17 @@ code, as the real tokens' turned out to behave (`benchmarks/README.md`, "Where t
 
     python benchmarks/probe_routing.py --tokens runs/demo22/stage0_mc/final --only "pad 5, 4 turns" --whiten 1e-4
 
+``--connector codes`` (with ``--tokens``) replaces the probe's trained connector by the checkpoint's connector,
+re-initialised and distilled onto attribute codes as the demo's ``stage0_codes`` does it
+(`videochat_flash.train.connector_codes`, recipe ``recipes/demo/stage0_codes.yaml``), then frozen.
+
 Not a test: never run in CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import random
 import sys
@@ -256,7 +261,25 @@ def make_scenes(seed: int, held_out: bool) -> Scenes:
     return Scenes(seed)
 
 
-TOKENS = {"model": "", "standardise": False, "whiten": 0.0}  # set from --tokens / --standardise / --whiten
+TOKENS = {"model": "", "standardise": False, "whiten": 0.0, "connector": "trained"}  # set from the command line
+_DISTILLED: dict = {}
+
+
+def distilled_connector(model_dir: str) -> nn.Module:
+    """The checkpoint's connector, re-initialised (as a build starts it), distilled onto attribute codes with the
+    demo's ``stage0_codes`` recipe, and frozen; the tower is the checkpoint's."""
+    if model_dir not in _DISTILLED:
+        from videochat_flash.model.videochat import VideoChatFlash
+        from videochat_flash.train.connector_codes import ConnectorCodesConfig, distil_connector_
+        from videochat_flash.train.demo import CODES_STAGE, DEMO_RECIPES
+
+        model = VideoChatFlash.from_pretrained(model_dir).float().eval()
+        init_weights_(model.projector, seed=0)
+        cfg = ConnectorCodesConfig.from_yaml(DEMO_RECIPES / f"{CODES_STAGE}.yaml")
+        metrics = distil_connector_(model, cfg, progress=False)
+        print(f"connector distilled onto codes: held-out {metrics['heldout']}", flush=True)
+        _DISTILLED[model_dir] = model.projector.mlp.requires_grad_(False)
+    return copy.deepcopy(_DISTILLED[model_dir])
 
 
 def prompt_words(ask: list[str], options: tuple[str, ...], variant: Variant) -> list[str]:
@@ -363,8 +386,11 @@ def train_variant(variant: Variant, steps: int, eval_every: int, seed: int) -> l
     )
     llm = Qwen2ForCausalLM(cfg)
     init_weights_(llm, seed=seed)
-    connector = nn.Sequential(nn.Linear(FEATURE_DIM, 128), nn.GELU(), nn.Linear(128, 128))
-    params = list(llm.parameters()) + list(connector.parameters())
+    if TOKENS["connector"] == "codes":
+        connector = distilled_connector(TOKENS["model"])
+    else:
+        connector = nn.Sequential(nn.Linear(FEATURE_DIM, 128), nn.GELU(), nn.Linear(128, 128))
+    params = [p for p in list(llm.parameters()) + list(connector.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
@@ -405,9 +431,17 @@ def main() -> int:
     p.add_argument(
         "--whiten", type=float, default=0.0, help="with --tokens: whiten the tokens, eigenvalue floor EPS x the largest"
     )
+    p.add_argument(
+        "--connector",
+        choices=("trained", "codes"),
+        default="trained",
+        help="with --tokens: 'codes' = the checkpoint's connector distilled onto attribute codes (stage0_codes), frozen",
+    )
     args = p.parse_args()
+    if args.connector == "codes" and not args.tokens:
+        p.error("--connector codes needs --tokens MODEL (the tower it distils over)")
     torch.set_num_threads(args.threads)
-    TOKENS.update(model=args.tokens, standardise=args.standardise, whiten=args.whiten)
+    TOKENS.update(model=args.tokens, standardise=args.standardise, whiten=args.whiten, connector=args.connector)
     t0 = time.time()
     chosen = [v for v in VARIANTS if args.only in v.name]
     results = {v: train_variant(v, args.steps, args.eval_every, args.seed) for v in chosen}

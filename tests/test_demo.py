@@ -39,6 +39,7 @@ def test_tiny_end_to_end_pipeline(tiny_build):
     report = json.loads((out / "training_report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == [
         "stage0_vision",
+        "stage0_codes",
         "stage0_scratch",
         "stage0_mc",
         "stage0_niah",
@@ -50,7 +51,7 @@ def test_tiny_end_to_end_pipeline(tiny_build):
     assert all(s["steps"] >= 1 for s in report["stages"])
     # the cacheable steps record their time
     times = recorded_seconds(work)
-    assert set(times) == {"data", "vision", *STAGES}
+    assert set(times) == {"data", "vision", "codes", *STAGES}
     # the wall time holds every recorded step; each of them and the wall time are rounded to 0.1 s when written
     rounding = 0.05 * (len(times) + 1)
     assert report["reused_seconds"] == {} and report["train_seconds"] >= sum(times.values()) - rounding
@@ -75,7 +76,7 @@ def test_a_rebuild_reuses_finished_stages_up_to_the_first_missing_one(tiny_build
     assert [s for s in STAGES if after[s] == before[s]] == kept
     assert "stage0_niah: finished by an earlier run of this command" in capsys.readouterr().out
     report = json.loads((out / "training_report.json").read_text())
-    assert set(report["reused_seconds"]) == {"data", "vision", *kept}
+    assert set(report["reused_seconds"]) == {"data", "vision", "codes", *kept}
     steps = [r["step"] for r in read_step_records(work / "stage2_short" / "train_log.jsonl")]
     assert steps == sorted(set(steps))
 
@@ -91,6 +92,20 @@ def test_cached_vision_weights_of_another_config_are_trained_again(tiny_build):
     metrics.write_text(json.dumps(written))
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is True  # the retrained weights match again
+
+
+def test_connector_codes_are_made_again_for_another_tower_or_config(tiny_build):
+    """The distilled connector is reused only over the very tower weights and config it was made with."""
+    from videochat_flash.train.demo import make_connector_weights, make_vision_weights
+
+    _, work = tiny_build
+    tower = make_vision_weights(work, seed=3, scale=0.004)[0]
+    assert make_connector_weights(work, seed=3, scale=0.004, vision_weights=tower)[1] is True
+    assert make_connector_weights(work, seed=4, scale=0.004, vision_weights=tower)[1] is False  # another seed
+    assert make_connector_weights(work, seed=4, scale=0.004, vision_weights=tower)[1] is True
+    other = work / "other_umt.pt"
+    other.write_bytes(tower.read_bytes() + b"\0")  # same config, different bytes: another tower
+    assert make_connector_weights(work, seed=4, scale=0.004, vision_weights=other)[1] is False
 
 
 def test_a_finished_stage_is_reused_only_with_the_same_recipe(tmp_path):

@@ -81,3 +81,18 @@ def tome_merge(x: torch.Tensor, target: int, num_heads: int, return_trace: bool 
         x, size, node_idx, edge_idx = bipartite_merge(x, size, r, num_heads)
         trace.append((node_idx, edge_idx))
     return (x, trace) if return_trace else x
+
+
+def replay_merges(values: torch.Tensor, trace: list, num_tokens: int, target: int) -> torch.Tensor:
+    """Apply a `tome_merge` trace (made on `[b, num_tokens, c]` features) to other per-token `values [b, num_tokens,
+    k]`, summing what merges: e.g. one-hot patch labels become per-token label counts, which tell how pure each
+    merged token is (the demo's connector distillation labels merged tokens this way)."""
+    for r, (node_idx, edge_idx) in zip(merge_schedule(num_tokens, target), trace, strict=True):
+        r = min(r, values.shape[1] // 2)
+        width = values.shape[-1]
+        a, dst = values[:, ::2], values[:, 1::2]
+        unmerged = a.gather(1, edge_idx[:, r:, None].expand(-1, -1, width))
+        src = a.gather(1, edge_idx[:, :r, None].expand(-1, -1, width))
+        dst_idx = node_idx[:, :, None].gather(1, edge_idx[:, :r, None])
+        values = torch.cat([unmerged, dst.scatter_add(1, dst_idx.expand(-1, -1, width), src)], dim=1)
+    return values

@@ -468,3 +468,18 @@ def model_config_dict(recipe: Recipe, previous: dict | None = None) -> dict[str,
     out["mm_vision_tower_lr"] = recipe.optim.vision_tower_lr
     out.update(model.config)
     return out
+
+
+def dataclass_from_section(cls, path: str | Path, section: str, overrides: dict | None = None):
+    """``cls`` from one top-level section of a YAML file, then ``overrides``; an unknown field is an error, and a
+    list is made a tuple where the field's default is one (YAML has no tuples)."""
+    values = dict((yaml.safe_load(Path(path).read_text()) or {}).get(section) or {})
+    values.update(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{path}: unknown {section} field(s) {unknown}; known: {sorted(fields)}")
+    for name, value in values.items():
+        if isinstance(value, list) and isinstance(fields[name].default, tuple):
+            values[name] = tuple(value)
+    return cls(**values)

@@ -57,17 +57,9 @@ class VisionPretrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> VisionPretrainConfig:
         """The ``vision_pretrain:`` section of a recipe YAML (unknown fields are an error), then ``overrides``."""
-        import yaml
+        from .recipes import dataclass_from_section
 
-        section = dict((yaml.safe_load(Path(path).read_text()) or {}).get("vision_pretrain") or {})
-        section.update(overrides)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown vision_pretrain field(s) {unknown}; known: {sorted(known)}")
-        if "image_sizes" in section:
-            section["image_sizes"] = tuple(int(s) for s in section["image_sizes"])
-        return cls(**section)
+        return dataclass_from_section(cls, path, "vision_pretrain", overrides)
 
     def __post_init__(self) -> None:
         if self.patch_init not in PATCH_INITS:
