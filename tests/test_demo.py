@@ -190,10 +190,12 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     # The model before the multiple-choice phase named a lone shape's colour at chance (4/20 here).
     for task in ("single_mc_color", "single_mc_shape"):
         assert len(pinned[task]) == 20 and sum(pinned[task]) >= 15, (task, sum(pinned[task]))
-    # the asked object among 1-5 shapes: measured on this seed 8/12 colour, 12/12 shape; the build before subjects
-    # were drawn from the whole vocabulary copied the asked subject 35-52% of the time and scored ~40% (chance 1/5)
+    # the asked object among 1-5 shapes: measured on this seed 11/12 colour, 12/12 shape (chance 1/5). The model
+    # before the connector was distilled onto attribute codes (stage0_codes) scored 8/12 colour here, 68% on the
+    # card's seed; the build before subjects were drawn from the whole vocabulary scored ~40%
     scene = pinned["mc_color"] + pinned["mc_shape"]
-    assert len(scene) == 24 and sum(scene) >= 17, (sum(pinned["mc_color"]), sum(pinned["mc_shape"]))
+    assert len(scene) == 24 and sum(scene) >= 21, (sum(pinned["mc_color"]), sum(pinned["mc_shape"]))
+    assert sum(pinned["mc_color"]) >= 10, pinned["mc_color"]
 
 
 def _held_out_eval_set(eval_dir: Path, num_samples: int, **kwargs) -> Path:
@@ -239,7 +241,7 @@ def test_committed_demo_model_finds_the_needle(tmp_path):
     for record, answer in zip(records, _answer_all(records, eval_dir, tmp_path / "cache"), strict=True):
         hit = score_mc(answer, record["answer_letter"], record["options"])
         correct[record["haystack_seconds"]] = correct.get(record["haystack_seconds"], 0) + hit
-    # measured on this seed: 4/5 at 48 s, 5/5 at 96 s; chance is 1/4-1/5 per question (P(>= 4 of 5 by guessing)
-    # < 2%); the model installed before the needle phase (stage0_niah) found 6 of 22 needles at these two lengths
-    # (seed 2000, 11 depths)
+    # measured on this seed: 5/5 at 48 s, 5/5 at 96 s (the model before stage0_codes: 4/5, 5/5); chance is 1/4-1/5
+    # per question (P(>= 4 of 5 by guessing) < 2%); the model installed before the needle phase (stage0_niah) found
+    # 6 of 22 needles at these two lengths (seed 2000, 11 depths)
     assert set(correct) == {48.0, 96.0} and min(correct.values()) >= 4, correct
