@@ -25,9 +25,15 @@ from videochat_flash.train import cli
 from videochat_flash.train.recipes import KNOWN_LLMS, apply_overrides, load_recipe, recipe_from_dict
 from videochat_flash.train.trainer import Trainer, part_of
 
-# Trainer recipes; the demo's vision pre-training section (`vision_pretrain:`) is read by its own loader and
-# tested in test_vision_pretrain.py.
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "vision_pretrain:" not in p.read_text())
+# Trainer recipes; the demo's vision pre-training (`vision_pretrain:`) and connector distillation
+# (`connector_codes:`) sections are read by their own loaders, tested in test_vision_pretrain.py and
+# test_connector_codes.py.
+OWN_LOADER_SECTIONS = ("vision_pretrain:", "connector_codes:")
+RECIPES = sorted(
+    p
+    for p in (REPO / "recipes").rglob("*.yaml")
+    if not any(section in p.read_text() for section in OWN_LOADER_SECTIONS)
+)
 STAGES = {
     1: ("stage1_connector", {"mm_mlp_adapter"}),
     2: ("stage2_short_pretrain", {"mm_vision_tower", "mm_mlp_adapter", "mm_language_model"}),
