@@ -47,10 +47,11 @@ DATA = dict(
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
-TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision, each finished stage)
+TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision, codes, each finished stage)
 # What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists and
-# was made with this build's settings (`data_mismatches`, the tower's ``umt.json``). A training stage is done when
-# its ``final/`` exists; it is reused only with the same `stage_stamp` and while every step before it was reused.
+# was made with this build's settings (`data_mismatches`, the tower's ``umt.json``, the codes' JSON and tower hash).
+# A training stage is done when its ``final/`` exists; it is reused only with the same `stage_stamp` and while every
+# step before it was reused.
 STAGE_STAMP = "build_stamp.json"  # in a stage's folder: the `stage_stamp` it was trained with
 CACHED_OUTPUTS = {
     "data": Path("data") / "manifest.json",
