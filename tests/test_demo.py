@@ -162,6 +162,20 @@ def test_reused_build_steps_keep_their_recorded_time(tmp_path):
     )
 
 
+def test_model_card_reports_whether_captions_end(tmp_path):
+    """The multiple-choice table does not show whether free-form captions end; the card states it."""
+    full = {"mc_accuracy": 0.5, "per_task": {}, "niah": {}}
+    report = {
+        "seed": 0,
+        "train_seconds": 60.0,
+        "stages": [],
+        "eval": {"full": full, "compressed": full, "captions": {"videos": 12, "ended": 3, "right_count": 2}},
+    }
+    write_model_card(tmp_path, report)
+    card = (tmp_path / "README.md").read_text()
+    assert 'Captions ("Describe the video.", 12 held-out videos' in card
+    assert '3 end with "In total N shapes appear.", 2 of them with the right N.' in card
+
 def test_committed_demo_model_answers_held_out_questions(tmp_path):
     """The bundled model loads offline and answers held-out questions in the trained format; on videos it never
     saw it names the colour and the shape of a lone shape, and the colour of the shape asked about (or the shape

@@ -548,3 +548,33 @@ def test_summarize():
     assert s["grounding_miou"] == pytest.approx((1 + 1 / 3) / 3)
     assert s["counts"] == {"grounding": 3, "mc_color": 2, "mc_order": 1, "niah": 3}
     assert summarize([])["mc_accuracy"] is None
+
+
+def test_caption_check_counts_captions_that_end_and_their_totals(tmp_path):
+    """`evaluate_captions`: one caption per video a count question asks about; it "ends" when it reaches the
+    training captions' closing sentence, and is right when that N is the count question's answer."""
+    import json
+
+    from videochat_flash.data.scoring import caption_total
+    from videochat_flash.data.synth import evaluate_captions
+
+    assert caption_total("First, a red circle appears. In total 3 shapes appear.") == 3
+    assert caption_total("In total 1 shape appears.") == 1
+    assert caption_total("Then, a small yellow circle appears and moves up. Then,") is None
+    rows = [
+        {"video": "a.mp4", "task": "mc_count", "options": ["1", "2", "3"], "answer_index": 1},
+        {"video": "a.mp4", "task": "mc_count", "options": ["1", "2", "3"], "answer_index": 1},
+        {"video": "b.mp4", "task": "mc_count", "options": ["1", "2", "3"], "answer_index": 2},
+        {"video": "c.mp4", "task": "mc_color", "options": ["red"], "answer_index": 0},
+    ]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    captions = {"a.mp4": "In total 2 shapes appear.", "b.mp4": "Then, a circle. Then, a circle. Then,"}
+    seen = []
+
+    def caption(path):
+        seen.append(path)
+        return captions[path.rsplit("/", 1)[-1]]
+
+    assert evaluate_captions(tmp_path, caption) == {"videos": 2, "ended": 1, "right_count": 1}
+    assert len(seen) == 2 and all(p.startswith("/") for p in seen)  # each video once, by absolute path
+    assert evaluate_captions(tmp_path, caption, limit=1)["videos"] == 1

@@ -64,6 +64,15 @@ _CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2}(?:\.\d+)?)\b")
 _KEYWORDS = ("start", "end", "happen", "begin", "from", "until", "between")
 
 
+_CAPTION_TOTAL = re.compile(r"In total (\d+) shapes? appears?")
+
+
+def caption_total(caption: str) -> int | None:
+    """N of a caption's closing "In total N shapes appear." (the training captions' last sentence), else None."""
+    found = _CAPTION_TOTAL.search(caption)
+    return int(found.group(1)) if found else None
+
+
 def _clock_seconds(m: re.Match) -> float:
     h, mi, s = m.group(1), m.group(2), m.group(3)
     return (int(h) if h else 0) * 3600 + int(mi) * 60 + float(s)

@@ -696,6 +696,28 @@ def make_eval_set(
     return path
 
 
+def evaluate_captions(
+    eval_dir: str | os.PathLike, caption_fn: Callable[[str], str], limit: int | None = None
+) -> dict:
+    """Caption each video of ``eval_dir`` that a count question asks about (at most ``limit``) with
+    ``caption_fn(video_path)``; count the captions that reach "In total N shapes appear." and those whose N is the
+    count question's answer. The multiple-choice scores do not see whether free-form captions end."""
+    from .scoring import caption_total
+
+    root = Path(eval_dir)
+    counts: dict[str, int] = {}
+    for rec in load_records(root / "eval.jsonl"):
+        if rec["task"] == "mc_count":
+            counts.setdefault(rec["video"], int(rec["options"][rec["answer_index"]]))
+    videos = list(counts.items())[:limit]
+    totals = [caption_total(caption_fn(str((root / video).resolve()))) for video, _ in videos]
+    return {
+        "videos": len(videos),
+        "ended": sum(t is not None for t in totals),
+        "right_count": sum(t == n for t, (_, n) in zip(totals, videos, strict=True)),
+    }
+
+
 def evaluate(
     eval_dir: str | os.PathLike,
     answer_fn: Callable[[dict, str], str],

@@ -59,6 +59,8 @@ CACHED_OUTPUTS = {
     "codes": Path(CODES_STAGE) / "mm_projector.safetensors",
 }
 EVAL_SINGLE = 20  # held-out one-big-shape videos (the curriculum pool), reported as single_* tasks
+EVAL_CAPTIONS = 12  # held-out videos captioned ("Describe the video.") to check that captions end
+CAPTION_TOKENS = 160  # a 5-shape training caption is ~80 tokens
 SYSTEM_TEXTS = (
     "You are a helpful assistant.",
     "The video lasts for 12.00 seconds, and 12 frames are uniformly sampled from it.",
@@ -576,7 +578,8 @@ def _pick_example(data_dir: Path) -> Path | None:
 def evaluate_demo(model_dir: Path, work: Path, eval_seed: int, num_samples: int, threads: int) -> dict:
     """Held-out evaluation (fresh seed) with and without video-level compression."""
     from ..config import CompressionConfig
-    from ..data.synth import evaluate, make_eval_set
+    from ..data.synth import evaluate, evaluate_captions, make_eval_set
+    from ..data.tasks import CAPTION_PROMPT
     from ..inference.cache import TokenCache
     from ..inference.session import chat
     from ..model.videochat import VideoChatFlash
@@ -617,6 +620,13 @@ def evaluate_demo(model_dir: Path, work: Path, eval_seed: int, num_samples: int,
         results[label] = evaluate(eval_dir, answer, progress=True)
         results[label]["seconds"] = round(time.time() - t0, 1)
         _log(f"eval {label}: mc_accuracy {results[label].get('mc_accuracy')}")
+
+    def caption(video_path):
+        generation = {"max_new_tokens": CAPTION_TOKENS, "do_sample": False}
+        return chat(model, video_path, CAPTION_PROMPT, generation=generation, cache=cache)[0]
+
+    results["captions"] = evaluate_captions(eval_dir, caption, limit=EVAL_CAPTIONS)
+    _log(f"eval captions: {results['captions']}")
     return results
 
 
@@ -776,6 +786,15 @@ def _eval_table(results: dict) -> list[str]:
     lines.append("|---|" + "---:|" * len(depths))
     for length in sorted(niah, key=float):
         lines.append(f"| {length} | " + " | ".join(fmt(niah[length].get(d)) for d in depths) + " |")
+    captions = results.get("captions")
+    if captions:
+        from ..data.tasks import CAPTION_PROMPT
+
+        lines += [
+            "",
+            f'Captions ("{CAPTION_PROMPT}", {captions["videos"]} held-out videos, {CAPTION_TOKENS} new tokens at most):',
+            f'{captions["ended"]} end with "In total N shapes appear.", {captions["right_count"]} of them with the right N.',
+        ]
     return lines
 
 
