@@ -54,20 +54,22 @@ def bipartite_merge(
         size = torch.ones(b, p, 1, dtype=x.dtype, device=x.device)
     r = min(r, p // 2)
     node_idx, edge_idx = _match(x, num_heads)
-
     # Sum size-weighted features and sizes together (one gather/scatter), divide at the end.
-    weighted = torch.cat([x * size, size], dim=-1)
-    a, dst = weighted[:, ::2], weighted[:, 1::2]
-    width = weighted.shape[-1]
+    merged = _sum_merged(torch.cat([x * size, size], dim=-1), node_idx, edge_idx, r)
+    size = merged[..., c:]
+    return merged[..., :c] / size, size, node_idx, edge_idx
+
+
+def _sum_merged(values: torch.Tensor, node_idx: torch.Tensor, edge_idx: torch.Tensor, r: int) -> torch.Tensor:
+    """One merge step on `values [b, p, k]`: the r best-matched A tokens (even positions) are added into their B
+    partners; the unmerged A tokens (descending similarity) come first, then all B tokens in order."""
+    width = values.shape[-1]
+    a, dst = values[:, ::2], values[:, 1::2]
     unm_idx, src_idx = edge_idx[:, r:, None], edge_idx[:, :r, None]
     unmerged = a.gather(1, unm_idx.expand(-1, -1, width))
     src = a.gather(1, src_idx.expand(-1, -1, width))
     dst_idx = node_idx[:, :, None].gather(1, src_idx)
-    dst = dst.scatter_add(1, dst_idx.expand(-1, -1, width), src)
-
-    merged = torch.cat([unmerged, dst], dim=1)
-    size = merged[..., c:]
-    return merged[..., :c] / size, size, node_idx, edge_idx
+    return torch.cat([unmerged, dst.scatter_add(1, dst_idx.expand(-1, -1, width), src)], dim=1)
 
 
 def tome_merge(x: torch.Tensor, target: int, num_heads: int, return_trace: bool = False):
@@ -88,11 +90,5 @@ def replay_merges(values: torch.Tensor, trace: list, num_tokens: int, target: in
     k]`, summing what merges: e.g. one-hot patch labels become per-token label counts, which tell how pure each
     merged token is (the demo's connector distillation labels merged tokens this way)."""
     for r, (node_idx, edge_idx) in zip(merge_schedule(num_tokens, target), trace, strict=True):
-        r = min(r, values.shape[1] // 2)
-        width = values.shape[-1]
-        a, dst = values[:, ::2], values[:, 1::2]
-        unmerged = a.gather(1, edge_idx[:, r:, None].expand(-1, -1, width))
-        src = a.gather(1, edge_idx[:, :r, None].expand(-1, -1, width))
-        dst_idx = node_idx[:, :, None].gather(1, edge_idx[:, :r, None])
-        values = torch.cat([unmerged, dst.scatter_add(1, dst_idx.expand(-1, -1, width), src)], dim=1)
+        values = _sum_merged(values, node_idx, edge_idx, min(r, values.shape[1] // 2))
     return values
