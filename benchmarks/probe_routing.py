@@ -274,8 +274,7 @@ def distilled_connector(model_dir: str) -> nn.Module:
         from videochat_flash.train.demo import CODES_STAGE, DEMO_RECIPES
 
         model = VideoChatFlash.from_pretrained(model_dir).float().eval()
-        init_weights_(model.projector, seed=0)
-        cfg = ConnectorCodesConfig.from_yaml(DEMO_RECIPES / f"{CODES_STAGE}.yaml")
+        cfg = ConnectorCodesConfig.from_yaml(DEMO_RECIPES / f"{CODES_STAGE}.yaml")  # re-initialises the connector
         metrics = distil_connector_(model, cfg, progress=False)
         print(f"connector distilled onto codes: held-out {metrics['heldout']}", flush=True)
         _DISTILLED[model_dir] = model.projector.mlp.requires_grad_(False)

@@ -15,12 +15,12 @@ from videochat_flash.train.connector_codes import (
     code_metrics,
     distil_connector_,
     encode_clips,
-    sample_clips,
     save_connector,
     token_codes,
     token_owners,
 )
 from videochat_flash.train.demo import DEMO_RECIPES
+from videochat_flash.train.vision_pretrain import ClipStream
 
 
 def test_replaying_a_trace_on_features_and_sizes_gives_the_merge_itself():
@@ -69,7 +69,7 @@ def test_distillation_fits_the_codes_and_the_saved_connector_loads(tiny_model_di
     )
     tables = attribute_tables(cfg.heads, model.projector.cfg.out_dim, cfg.seed)
     frames = model.config.vision.num_frames
-    held = encode_clips(model, sample_clips(cfg, 16, cfg.seed + 10_000, frames), tables, cfg.min_share)
+    held = encode_clips(model, ClipStream(cfg.seed + 10_000, cfg, frames).take(16), tables, cfg.min_share)
     before = code_metrics(model.projector.mlp, *held, tables)["relative_mse"]
     metrics = distil_connector_(model, cfg, progress=False)
     assert metrics["heldout"]["relative_mse"] < 0.5 * before
@@ -81,6 +81,12 @@ def test_distillation_fits_the_codes_and_the_saved_connector_loads(tiny_model_di
         assert torch.equal(fresh.projector.state_dict()[name], value), name
     for name, value in model.vision.state_dict().items():  # the tower was only read
         assert torch.equal(fresh.vision.state_dict()[name], value), name
+    # reproducible by seed, whatever the connector held before
+    for p in fresh.projector.parameters():
+        p.data.normal_()
+    assert distil_connector_(fresh, cfg, progress=False)["heldout"] == metrics["heldout"]
+    for name, value in model.projector.state_dict().items():
+        assert torch.equal(fresh.projector.state_dict()[name], value), name
 
 
 def test_the_demo_codes_recipe_loads_and_bad_fields_are_named(tmp_path):
@@ -96,5 +102,5 @@ def test_the_demo_codes_recipe_loads_and_bad_fields_are_named(tmp_path):
 
 def test_clips_are_seeded():
     cfg = ConnectorCodesConfig(frame_size=32)
-    a, b = sample_clips(cfg, 5, 1, 4), sample_clips(cfg, 5, 1, 4)
+    a, b = ClipStream(1, cfg, 4).take(5), ClipStream(1, cfg, 4).take(5)
     assert len(a) == 5 and all(np.array_equal(x.frames, y.frames) for x, y in zip(a, b, strict=True))

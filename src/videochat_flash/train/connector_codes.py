@@ -20,14 +20,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.dense import PATCH_HEADS, DenseClip, sample_dense_clips
+from ..data.dense import PATCH_HEADS, DenseClip
+from ..model.init import init_weights_
 from ..model.tome import replay_merges, tome_merge
 from .trainer import _progress
-from .vision_pretrain import make_batch
+from .vision_pretrain import ClipStream, make_batch
 
 
 @dataclass
@@ -112,14 +112,6 @@ def encode_clips(model, clips: list[DenseClip], tables: dict, min_share: float, 
     return torch.cat(tokens), torch.cat(codes), torch.cat(owners)
 
 
-def sample_clips(cfg: ConnectorCodesConfig, count: int, seed: int, num_frames: int) -> list[DenseClip]:
-    rng = np.random.default_rng(seed)
-    clips: list[DenseClip] = []
-    while len(clips) < count:
-        clips += sample_dense_clips(rng, cfg.frame_size, num_frames, cfg.needle_prob, cfg.clips_per_scene)
-    return clips[:count]
-
-
 @torch.no_grad()
 def code_metrics(mlp, tokens, codes, owners, tables: dict) -> dict[str, float]:
     """Held-out relative MSE, and per attribute how often an object token's output is nearest (dot product) to
@@ -137,13 +129,14 @@ def code_metrics(mlp, tokens, codes, owners, tables: dict) -> dict[str, float]:
 
 
 def distil_connector_(model, cfg: ConnectorCodesConfig, progress: bool = True) -> dict:
-    """Train ``model.projector.mlp`` in place (the tower is only read) and return the metrics."""
+    """Re-initialise ``model.projector`` from ``cfg.seed`` and train it in place (the tower is only read); return
+    the metrics. The result depends on the tower and ``cfg`` only, not on the connector's earlier weights."""
     started = time.time()
-    torch.manual_seed(cfg.seed)
+    init_weights_(model.projector, seed=cfg.seed)
     frames = model.config.vision.num_frames
     tables = attribute_tables(cfg.heads, model.projector.cfg.out_dim, cfg.seed)
-    train_clips = sample_clips(cfg, cfg.clips, cfg.seed, frames)
-    held_clips = sample_clips(cfg, cfg.heldout_clips, cfg.seed + 10_000, frames)
+    train_clips = ClipStream(cfg.seed, cfg, frames).take(cfg.clips)
+    held_clips = ClipStream(cfg.seed + 10_000, cfg, frames).take(cfg.heldout_clips)
     train = encode_clips(model, train_clips, tables, cfg.min_share)
     held = encode_clips(model, held_clips, tables, cfg.min_share)
     mlp = model.projector.mlp.float()

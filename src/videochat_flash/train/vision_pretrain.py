@@ -170,10 +170,11 @@ def dense_accuracy(
     return out
 
 
-class _ClipStream:
-    """An endless, seeded stream of clips, `clips_per_scene` at a time from fresh scenes."""
+class ClipStream:
+    """An endless, seeded stream of dense clips, `clips_per_scene` at a time from fresh scenes. ``cfg``: any config
+    with ``frame_size``, ``needle_prob`` and ``clips_per_scene`` (this module's, `connector_codes`')."""
 
-    def __init__(self, seed: int, cfg: VisionPretrainConfig, num_frames: int):
+    def __init__(self, seed: int, cfg, num_frames: int):
         self.rng = np.random.default_rng(seed)
         self.cfg = cfg
         self.num_frames = num_frames
@@ -205,7 +206,7 @@ def evaluate_tower(
 ) -> dict[str, float]:
     """Held-out accuracy per head (object patches; count per clip) on ``cfg.eval_clips`` fresh clips."""
     towers = _Towers(encoder, (image_size,))
-    stream = _ClipStream(seed, cfg, encoder.cfg.num_frames)
+    stream = ClipStream(seed, cfg, encoder.cfg.num_frames)
     totals: dict[str, list[int]] = {}
     was_training = encoder.training
     encoder.eval()
@@ -288,7 +289,7 @@ def pretrain_vision(
     encoder = UMTEncoder(umt_cfg)
     init_weights_(encoder, seed=cfg.seed)
     fan_in_mlp_(encoder, seed=cfg.seed)
-    stream = _ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
+    stream = ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
     if cfg.patch_init == "pca":
         sample = clip_pixels(stream.take(cfg.init_clips), umt_cfg.image_size)  # pixels only: no labels needed
         whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
@@ -356,6 +357,7 @@ def pretrain_vision(
 
 
 __all__ = [
+    "ClipStream",
     "DenseHeads",
     "VisionPretrainConfig",
     "dense_accuracy",
