@@ -6,7 +6,8 @@ grad norm 2e-4 against 0.14 at the LM head) and it learned colour but not shape 
 Since every pixel of a synthetic clip is known, each patch token can instead be told directly what covers it:
 
 - ``color``, ``shape``: the object's colour and shape (``background`` where no object covers the patch);
-- ``motion``: its direction (``still`` for the NIAH needle);
+- ``motion``: its direction where the clip shows it moving (``still`` for the NIAH needle; `UNLABELLED` for an
+  object the clip shows on one frame or standing still: there is no direction to see);
 - ``onset``: when it first appears relative to the clip (``earlier`` = before the clip's first frame, else
   the clip frame it appears on) — ToMe output order carries no time, so order questions need it in the features;
 - ``count`` (one label per clip): how many distinct objects the clip shows.
@@ -28,7 +29,9 @@ from .shapes import (
     NEEDLE_BACKGROUND,
     NEEDLE_COLORS,
     SHAPES,
+    STYLE,
     Scene,
+    SceneStyle,
     needle_frame,
     paste_shape,
     render_frame,
@@ -47,6 +50,10 @@ PATCH_HEADS: dict[str, tuple[str, ...]] = {
     "onset": ONSET_CLASSES,
 }
 MAX_COUNT = 6  # count classes 0..MAX_COUNT-1 objects in a clip
+UNLABELLED = -100  # no label for this head (cross-entropy's ignore_index); its patches count neither way
+MIN_MOVE_PX = (
+    1.0  # an object moving less than this across the frames a clip shows it on has no direction label
+)
 
 # Scene kinds of the mixture: (probability, seconds range, objects range [lo, hi), radius scale).
 # They mirror the generator's pools (single / short / long) so the tower sees what the LLM stages will.
@@ -55,6 +62,8 @@ SCENE_KINDS: dict[str, tuple[float, tuple[float, float], tuple[int, int], float]
     "short": (0.45, (4.0, 16.0), (1, 5), 1.0),
     "long": (0.30, (16.0, 48.0), (2, 6), 1.0),
 }
+# The motion warm-up's scenes (`sample_scene(kind="motion")`): 1-2 objects moving on every frame of one clip.
+MOTION_KIND = (1.0, (4.0, 4.0), (1, 3), 1.0)
 
 
 @dataclass
@@ -111,27 +120,35 @@ def sample_dense_clips(
     num_frames: int = MAX_CLIP_FRAMES,
     needle_prob: float = 0.1,
     max_clips: int = 1,
+    motion_only: bool = False,
+    style: SceneStyle = STYLE,
 ) -> list[DenseClip]:
     """Up to ``max_clips`` distinct clips of ``num_frames`` consecutive 1 fps frames from one scene.
 
-    The scene is drawn like the generator's pools (`SCENE_KINDS`). Clips start on multiples of ``num_frames``
+    The scene is drawn like the generator's pools (`SCENE_KINDS`), or with ``motion_only`` as `MOTION_KIND`
+    (1-2 objects moving on every frame; no needles). Clips start on multiples of ``num_frames``
     (the model cuts sampled frames into aligned clips). Each clip, with probability ``needle_prob``, has a run
     of 1–``num_frames`` frames replaced by an NIAH needle. Several clips per scene amortise the scene sampling
     (its overlap rejection dominates the cost).
     """
     if not 1 <= num_frames <= MAX_CLIP_FRAMES:
         raise ValueError(f"num_frames must be in 1..{MAX_CLIP_FRAMES}, got {num_frames}")
-    names = list(SCENE_KINDS)
-    kind = names[int(rng.choice(len(names), p=[SCENE_KINDS[n][0] for n in names]))]
-    _, (lo, hi), (n_lo, n_hi), scale = SCENE_KINDS[kind]
+    if motion_only:
+        kind, (_, (lo, hi), (n_lo, n_hi), scale) = "motion", MOTION_KIND
+        needle_prob = 0.0
+    else:
+        names = list(SCENE_KINDS)
+        kind = names[int(rng.choice(len(names), p=[SCENE_KINDS[n][0] for n in names]))]
+        _, (lo, hi), (n_lo, n_hi), scale = SCENE_KINDS[kind]
     scene = sample_scene(
         rng,
         duration=float(np.round(rng.uniform(lo, hi))),
         fps=1.0,
         size=size,
         num_objects=int(rng.integers(n_lo, n_hi)),
-        kind="long" if kind == "long" else "short",
+        kind="short" if kind == "single" else kind,
         scale=scale,
+        style=style,
     )
     n_clips = max(1, scene.num_frames // num_frames)
     starts = rng.permutation(n_clips)[:max_clips] * num_frames
@@ -148,7 +165,7 @@ def _clip(
         {
             "color": COLOR_CLASSES.index(o.color),
             "shape": SHAPE_CLASSES.index(o.shape),
-            "motion": MOTION_CLASSES.index(o.direction),
+            "motion": MOTION_CLASSES.index(o.direction) if _moves(o, ids) else UNLABELLED,
             "onset": _onset_class(o.start_frame, start),
         }
         for o in scene.objects
@@ -159,6 +176,15 @@ def _clip(
     return DenseClip(
         frames=simulate_yuv420(frames), owner=owner, objects=objects, count=min(len(visible), MAX_COUNT - 1)
     )
+
+
+def _moves(obj, frame_ids: list[int]) -> bool:
+    """Whether ``obj`` visibly moves across the frames of ``frame_ids`` that show it."""
+    shown = [i for i in frame_ids if obj.visible(i)]
+    if len(shown) < 2:
+        return False
+    (xa, ya), (xb, yb) = obj.position(shown[0]), obj.position(shown[-1])
+    return float(np.hypot(xb - xa, yb - ya)) >= MIN_MOVE_PX
 
 
 def _insert_needle(rng, frames: np.ndarray, owner: np.ndarray, objects: list[dict], size: int) -> None:
@@ -207,7 +233,8 @@ def patch_labels(clip: DenseClip, image_size: int, patch: int) -> dict[str, np.n
 
 
 def owner_labels(objects: list[dict], who: np.ndarray) -> dict[str, np.ndarray]:
-    """Class index per patch for every head, from `patch_owner`'s object index per patch (-1 -> 0)."""
+    """Class index per patch for every head, from `patch_owner`'s object index per patch (-1 -> 0; an object's
+    `UNLABELLED` head stays so on its patches)."""
     out = {}
     for head in PATCH_HEADS:
         table = np.array([0] + [o[head] for o in objects], dtype=np.int64)
@@ -222,6 +249,7 @@ __all__ = [
     "ONSET_CLASSES",
     "PATCH_HEADS",
     "SHAPE_CLASSES",
+    "UNLABELLED",
     "DenseClip",
     "owner_labels",
     "patch_labels",

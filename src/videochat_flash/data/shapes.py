@@ -1,8 +1,9 @@
 """Synthetic scenes of moving shapes: sampling (from a numpy Generator) and rendering (pure numpy).
 
-A `Scene` is a textured, mid-grey background plus `SceneObject`s. Each object has a shape, a colour
-from a small saturated palette, a size, a motion direction and a visibility window ``[start, end)`` in
-seconds; it moves in a straight line at constant speed while visible. Frame ``i`` shows time ``i / fps``.
+A `Scene` is a textured background plus `SceneObject`s. Each object has a shape, a colour from a small
+saturated palette, a size, a motion direction and a visibility window ``[start, end)`` in seconds; it moves in a
+straight line from the frame it appears on, at its own constant speed, until it has covered its distance, then
+stays still (`SceneStyle`). Frame ``i`` shows time ``i / fps``.
 Objects of one scene never overlap on screen (rejection sampling), and in scenes meant for questions every
 object has a distinct colour and a distinct shape, so "the red object" and "the circle" are unambiguous.
 
@@ -33,6 +34,31 @@ DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 SIZES: dict[str, float] = {"small": 0.14, "big": 0.20}
 NEEDLE_RADIUS = 0.36
 NEEDLE_BACKGROUND = (235, 235, 235)
+BACKGROUNDS: dict[str, tuple[float, float]] = {"mid": (85.0, 145.0), "dark": (35.0, 75.0)}  # base grey range
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How scenes look and move; one style serves the data, the tower's pre-training and the evaluation.
+
+    Why the default: a tower trained from scratch learned an object's direction only when the object moved at
+    least ~4 px (half a patch) between sampled frames and stood out from a background far from the encoder's
+    normalisation mean (`benchmarks/README.md`, motion probe). ``speed=None`` spreads the move over the whole
+    visibility window (the first demo builds' data: a median 2.7 px per frame at 1 fps) and ``"mid"`` is their
+    mid-grey background.
+    """
+
+    background: str = "dark"  # a key of BACKGROUNDS
+    speed: tuple[float, float] | None = (0.08, 0.12)  # frame sides per second, drawn per object
+
+    def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {self.background!r}; known: {list(BACKGROUNDS)}")
+        if self.speed is not None and not 0 < self.speed[0] <= self.speed[1]:
+            raise ValueError(f"speed must be 0 < lo <= hi frame sides per second, got {self.speed}")
+
+
+STYLE = SceneStyle()
 NEEDLE_COLORS: tuple[str, ...] = tuple(c for c in COLORS if c != "white")
 
 _UNIT_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -51,8 +77,9 @@ class SceneObject:
     end_frame: int  # exclusive
     x0: float  # centre (px) on start_frame
     y0: float
-    x1: float  # centre (px) on end_frame - 1
+    x1: float  # centre (px) once the move is done
     y1: float
+    move_frames: int = 0  # frames the move takes from start_frame (0: the whole visibility window)
 
     @property
     def name(self) -> str:
@@ -71,11 +98,16 @@ class SceneObject:
         return d
 
 
+def _move_span(obj) -> int:
+    """Frames from the first position to the last (`SceneObject` or its JSON)."""
+    get = obj.get if isinstance(obj, dict) else lambda k, d=None: getattr(obj, k, d)
+    moved = get("move_frames", 0)
+    return max(1, moved if moved else get("end_frame") - 1 - get("start_frame"))
+
+
 def object_position(obj: dict, frame: int) -> tuple[float, float]:
     """Centre (x, y) in pixels of a serialised object (``record["meta"]["objects"][k]``) on ``frame``."""
-    f0, f1 = obj["start_frame"], obj["end_frame"]
-    span = max(1, f1 - 1 - f0)
-    a = min(1.0, max(0.0, (frame - f0) / span))
+    a = min(1.0, max(0.0, (frame - obj["start_frame"]) / _move_span(obj)))
     return obj["x0"] + a * (obj["x1"] - obj["x0"]), obj["y0"] + a * (obj["y1"] - obj["y0"])
 
 
@@ -189,14 +221,13 @@ def _bilinear_upsample(grid: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def make_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Mid-grey, low-saturation texture: a base tint, smooth blobs and fine static grain.
+def make_background(rng: np.random.Generator, size: int, kind: str = "mid") -> np.ndarray:
+    """Low-saturation texture: a base tint (`BACKGROUNDS` grey range), smooth blobs and fine static grain.
 
-    Mid-grey (not dark) because the encoder normalises pixels with the ImageNet mean (~0.45): a dark frame maps
-    every background patch to the same large negative vector, which swamps the objects in a ViT trained from
-    scratch; around the mean, patches differ by their content.
+    ``"mid"`` (the first builds') sits near the encoder's normalisation mean, where a from-scratch tower told
+    shapes apart soonest but never learned motion; on ``"dark"`` it learned both (`SceneStyle`).
     """
-    base = rng.uniform(85, 145) + rng.uniform(-12, 12, size=3)
+    base = rng.uniform(*BACKGROUNDS[kind]) + rng.uniform(-12, 12, size=3)
     coarse = rng.uniform(-1, 1, size=(int(rng.integers(3, 7)), int(rng.integers(3, 7)), 1)) * rng.uniform(
         8, 16
     )
@@ -215,12 +246,20 @@ def _quantize(t: float, step: float = 0.5) -> float:
 
 
 def _place(
-    rng: np.random.Generator, size: int, radius: int, direction: str, shrink: float = 1.0
+    rng: np.random.Generator,
+    size: int,
+    radius: int,
+    direction: str,
+    shrink: float = 1.0,
+    dist: float | None = None,
 ) -> tuple[float, float, float, float]:
-    """Start/end centres for a straight move of (20–50 % × shrink) of the frame in ``direction``, inside."""
+    """Start/end centres for a straight move in ``direction``, inside the frame: ``dist`` px, by default
+    (20–50 % × shrink) of the frame."""
     margin = radius + 2
     lo, hi = margin, size - 1 - margin
-    dist = min(rng.uniform(0.2, 0.5) * shrink * size, hi - lo)
+    if dist is None:
+        dist = rng.uniform(0.2, 0.5) * shrink * size
+    dist = min(dist, hi - lo)
     ux, uy = _UNIT_VECTORS[direction]
     # coordinate along the motion axis: start so that start + dist stays inside
     along0 = rng.uniform(lo, hi - dist)
@@ -233,8 +272,7 @@ def _place(
 
 
 def _track(o: SceneObject, frames: np.ndarray) -> np.ndarray:
-    span = max(1, o.end_frame - 1 - o.start_frame)
-    a = np.clip((frames - o.start_frame) / span, 0.0, 1.0)[:, None]
+    a = np.clip((frames - o.start_frame) / _move_span(o), 0.0, 1.0)[:, None]
     return np.array([o.x0, o.y0]) + a * np.array([o.x1 - o.x0, o.y1 - o.y0])
 
 
@@ -257,17 +295,19 @@ def sample_scene(
     kind: str = "short",
     unique: bool = True,
     scale: float = 1.0,
+    style: SceneStyle = STYLE,
 ) -> Scene:
     """Sample a scene.
 
     ``kind="short"``: every object is visible for at least half the video and appears in the first half,
     at distinct times (gap ≥ duration/8). ``kind="long"``: objects are events of 4–16 s scattered over
-    the whole video with distinct start times (gap ≥ 2 s). With ``unique`` every object has its own colour
+    the whole video with distinct start times (gap ≥ 2 s). ``kind="motion"`` (the tower's motion warm-up): every
+    object is on screen and moving on every frame (needs ``style.speed``). With ``unique`` every object has its own colour
     and its own shape (at most ``len(SHAPES)`` objects). Objects that cannot be placed without overlapping
     the others (60 tries, 4 layouts) are dropped, so ``len(scene.objects)`` may be below ``num_objects``.
     ``scale`` multiplies the object radii (the curriculum's first scenes use bigger shapes).
     """
-    background = make_background(rng, size)
+    background = make_background(rng, size, style.background)
     if unique:
         num_objects = min(num_objects, len(SHAPES), len(COLORS))
         shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:num_objects]]
@@ -284,12 +324,14 @@ def sample_scene(
         n_slots = max(num_objects, int((duration - 4.0) // 2) + 1)
         slots = np.sort(rng.permutation(n_slots)[:num_objects])
         starts = [float(s) * 2.0 for s in slots]
+    elif kind == "motion" and style.speed is not None:
+        starts = [0.0] * num_objects
     else:
         raise ValueError(f"unknown scene kind {kind!r}")
 
     best: list[SceneObject] = []
     for _ in range(4):  # whole-layout retries keep the object count (and thus counts) as requested
-        objects = _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale)
+        objects = _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale, style.speed)
         if len(objects) > len(best):
             best = objects
         if len(best) == num_objects:
@@ -298,11 +340,13 @@ def sample_scene(
     return Scene(duration=float(duration), fps=float(fps), size=size, objects=best, background=background)
 
 
-def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale=1.0) -> list[SceneObject]:
+def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale, speed) -> list[SceneObject]:
     max_len = min(16.0, max(4.0, duration / 2))
     objects: list[SceneObject] = []
     for shape, color, start in zip(shapes, colors, starts, strict=True):
-        if kind == "short":
+        if kind == "motion":
+            end = duration
+        elif kind == "short":
             length = rng.uniform(max(duration / 2, min(2.0, duration)), duration)
             end = duration if rng.random() < 0.5 else min(duration, _quantize(start + length))
         else:
@@ -315,8 +359,12 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale=1.0) -
         direction = DIRECTIONS[int(rng.integers(0, 4))]
         size_name = "big" if rng.random() < 0.5 else "small"
         radius = max(3, int(round(SIZES[size_name] * scale * size)))
+        step = None if speed is None else rng.uniform(*speed) * size / fps  # px per frame
+        first, last = frames_for(start, fps), frames_for(end, fps)
         for attempt in range(60):
-            x0, y0, x1, y1 = _place(rng, size, radius, direction, 1.0 - attempt / 100)
+            dist = step * max(1, last - 1 - first) if kind == "motion" else None
+            x0, y0, x1, y1 = _place(rng, size, radius, direction, 1.0 - attempt / 100, dist)
+            moved = 0 if step is None else max(1, math.ceil(math.hypot(x1 - x0, y1 - y0) / step - 1e-6))
             obj = SceneObject(
                 shape=shape,
                 color=color,
@@ -325,12 +373,13 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale=1.0) -
                 direction=direction,
                 start=float(start),
                 end=float(end),
-                start_frame=frames_for(start, fps),
-                end_frame=frames_for(end, fps),
+                start_frame=first,
+                end_frame=last,
                 x0=x0,
                 y0=y0,
                 x1=x1,
                 y1=y1,
+                move_frames=moved,
             )
             if obj.end_frame > obj.start_frame and not any(_collides(obj, o) for o in objects):
                 objects.append(obj)

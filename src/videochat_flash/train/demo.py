@@ -47,7 +47,9 @@ DATA = dict(
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
-TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision, codes, each finished stage)
+TIMINGS_FILE = (
+    "timings.json"  # seconds of the cacheable build steps (data, vision, codes, each finished stage)
+)
 # What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists and
 # was made with this build's settings (`data_mismatches`, the tower's ``umt.json``, the codes' JSON and tower hash).
 # A training stage is done when its ``final/`` exists; it is reused only with the same `stage_stamp` and while every
@@ -212,8 +214,20 @@ def data_mismatches(manifest: dict, seed: int, sizes: dict) -> list[str]:
             "long": sizes["num_long"],
             "niah": sizes["num_niah"],
         },
+        "style": scene_style(),
     }
-    return [f"{key} {manifest.get(key)} != {value}" for key, value in wanted.items() if manifest.get(key) != value]
+    return [
+        f"{key} {manifest.get(key)} != {value}" for key, value in wanted.items() if manifest.get(key) != value
+    ]
+
+
+def scene_style() -> dict:
+    """The generator's `SceneStyle` as a manifest or metrics JSON holds it (the cached data and tower must match)."""
+    from dataclasses import asdict
+
+    from ..data.shapes import STYLE
+
+    return json.loads(json.dumps(asdict(STYLE)))
 
 
 def missing_annotations(manifest: dict) -> list[str]:
@@ -268,8 +282,10 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> tuple[Path, bool
     metrics_file = out.with_suffix(".json")  # `pretrain_vision` writes it beside the weights
     if out.is_file() and metrics_file.is_file():
         written = json.loads(metrics_file.read_text())
-        wanted = json.loads(json.dumps([asdict(cfg), asdict(tower)]))  # as the file holds them: tuples as lists
-        if [written.get("config"), written.get("tower")] == wanted:
+        wanted = json.loads(
+            json.dumps([asdict(cfg), asdict(tower)])
+        )  # as the file holds them: tuples as lists
+        if [written.get("config"), written.get("tower"), written.get("style")] == [*wanted, scene_style()]:
             _log(f"vision weights exist: {out}")
             return out, True
         _log(f"vision weights in {out} were trained with another config or tower: training them again")
@@ -710,7 +726,9 @@ def write_model_card(model_dir: Path, report: dict) -> None:
     codes = next((s for s in report["stages"] if s["stage"] == CODES_STAGE), None)
     if codes is not None:
         held = codes["heldout"]
-        per_head = ", ".join(f"{k.removesuffix('_accuracy')} {100 * v:.1f}%" for k, v in held.items() if k != "relative_mse")
+        per_head = ", ".join(
+            f"{k.removesuffix('_accuracy')} {100 * v:.1f}%" for k, v in held.items() if k != "relative_mse"
+        )
         lines += [
             "",
             f"Connector codes, held-out clips: relative MSE {held['relative_mse']}; object tokens whose output is",

@@ -23,13 +23,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UMTConfig
-from ..data.dense import MAX_COUNT, PATCH_HEADS, DenseClip, owner_labels, patch_owner, sample_dense_clips
+from ..data.dense import (
+    MAX_COUNT,
+    PATCH_HEADS,
+    UNLABELLED,
+    DenseClip,
+    owner_labels,
+    patch_owner,
+    sample_dense_clips,
+)
+from ..data.shapes import STYLE
 from ..model.init import init_weights_
 from ..model.preprocess import preprocess_frames
 from ..model.umt import UMTEncoder, video_position_table
 from .trainer import WarmupSchedule, _progress
 
 PATCH_INITS = ("pca", "random")
+MOTION_HEADS = ("motion", "object_motion")  # the losses the motion warm-up trains
 
 
 @dataclass
@@ -52,6 +62,10 @@ class VisionPretrainConfig:
     # N(0, 0.02) init, under which the tower learns sub-patch motion sooner (benchmarks/README.md, motion probe)
     patch_init: str = "pca"
     patch_init_gain: float = 2.0
+    # First steps: motion-only scenes (`data.dense.MOTION_KIND`) and the motion heads alone. The tower learned
+    # direction only so: from the mixed clips, or with the other heads on from step 1, the motion loss stayed at
+    # chance (benchmarks/README.md, motion in the tower's pre-training).
+    motion_warmup_steps: int = 0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"count": 0.5})
 
     @classmethod
@@ -63,7 +77,9 @@ class VisionPretrainConfig:
 
     def __post_init__(self) -> None:
         if self.patch_init not in PATCH_INITS:
-            raise ValueError(f"vision_pretrain.patch_init must be one of {PATCH_INITS}, got {self.patch_init!r}")
+            raise ValueError(
+                f"vision_pretrain.patch_init must be one of {PATCH_INITS}, got {self.patch_init!r}"
+            )
 
 
 class DenseHeads(nn.Module):
@@ -126,8 +142,8 @@ def make_batch(
     labels["owner"] = torch.from_numpy(np.stack(owners))
     k = max(1, int(labels["owner"].max()) + 1)
     for name in PATCH_HEADS:
-        # -100 (ignored) for objects that own no patch of the clip
-        table = torch.full((len(clips), k), -100, dtype=torch.long)
+        # UNLABELLED for objects that own no patch of the clip
+        table = torch.full((len(clips), k), UNLABELLED, dtype=torch.long)
         for b, (clip, who) in enumerate(zip(clips, owners, strict=True)):
             for obj in np.unique(who[who >= 0]):
                 table[b, obj] = clip.objects[obj][name]
@@ -137,17 +153,20 @@ def make_batch(
 
 def dense_losses(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per head: mean CE over object patches + mean CE over background patches (objects cover ~10% of a frame,
-    so a plain mean would let "background" dominate); count: plain CE."""
+    so a plain mean would let "background" dominate); `UNLABELLED` patches in neither; count: plain CE."""
     out = {}
     for name in PATCH_HEADS:
-        ce = F.cross_entropy(logits[name].flatten(0, 1), labels[name].flatten(), reduction="none")
-        fg = labels[name].flatten() > 0
+        flat = labels[name].flatten()
+        ce = F.cross_entropy(logits[name].flatten(0, 1), flat, reduction="none", ignore_index=UNLABELLED)
+        fg, bg = flat > 0, flat == 0
         fg_loss = ce[fg].mean() if fg.any() else ce.sum() * 0
-        bg_loss = ce[~fg].mean() if (~fg).any() else ce.sum() * 0
+        bg_loss = ce[bg].mean() if bg.any() else ce.sum() * 0
         out[name] = fg_loss + bg_loss
         key = f"object_{name}"
         if key in logits and (labels[key] >= 0).any():
-            out[key] = F.cross_entropy(logits[key].flatten(0, 1), labels[key].flatten(), ignore_index=-100)
+            out[key] = F.cross_entropy(
+                logits[key].flatten(0, 1), labels[key].flatten(), ignore_index=UNLABELLED
+            )
     out["count"] = F.cross_entropy(logits["count"], labels["count"])
     return out
 
@@ -172,18 +191,25 @@ def dense_accuracy(
 
 class ClipStream:
     """An endless, seeded stream of dense clips, `clips_per_scene` at a time from fresh scenes. ``cfg``: any config
-    with ``frame_size``, ``needle_prob`` and ``clips_per_scene`` (this module's, `connector_codes`')."""
+    with ``frame_size``, ``needle_prob`` and ``clips_per_scene`` (this module's, `connector_codes`').
+    ``motion_only``: the motion warm-up's scenes instead of the pools'."""
 
-    def __init__(self, seed: int, cfg, num_frames: int):
+    def __init__(self, seed: int, cfg, num_frames: int, motion_only: bool = False):
         self.rng = np.random.default_rng(seed)
         self.cfg = cfg
         self.num_frames = num_frames
+        self.motion_only = motion_only
         self.buffer: list[DenseClip] = []
 
     def take(self, n: int) -> list[DenseClip]:
         while len(self.buffer) < n:
             self.buffer += sample_dense_clips(
-                self.rng, self.cfg.frame_size, self.num_frames, self.cfg.needle_prob, self.cfg.clips_per_scene
+                self.rng,
+                self.cfg.frame_size,
+                self.num_frames,
+                self.cfg.needle_prob,
+                self.cfg.clips_per_scene,
+                motion_only=self.motion_only,
             )
         out, self.buffer = self.buffer[:n], self.buffer[n:]
         return out
@@ -290,6 +316,7 @@ def pretrain_vision(
     init_weights_(encoder, seed=cfg.seed)
     fan_in_mlp_(encoder, seed=cfg.seed)
     stream = ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
+    motion_stream = ClipStream(cfg.seed + 2, cfg, umt_cfg.num_frames, motion_only=True)
     if cfg.patch_init == "pca":
         sample = clip_pixels(stream.take(cfg.init_clips), umt_cfg.image_size)  # pixels only: no labels needed
         whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
@@ -307,12 +334,16 @@ def pretrain_vision(
     towers = _Towers(encoder, cfg.image_sizes)
     bar = _progress(progress, cfg.steps, desc="vision")
     history = []
-    running: dict[str, float] = {}
+    running: dict[str, tuple[float, int]] = {}  # loss -> (sum, steps) since the last log row
     started = time.time()
     for step in range(1, cfg.steps + 1):
         size = cfg.image_sizes[(step - 1) % len(cfg.image_sizes)]
-        pixels, labels = make_batch(stream.take(cfg.batch_size), size, umt_cfg.patch_size)
+        warmup = step <= cfg.motion_warmup_steps
+        clips = (motion_stream if warmup else stream).take(cfg.batch_size)
+        pixels, labels = make_batch(clips, size, umt_cfg.patch_size)
         losses = dense_losses(heads(towers(pixels), labels["owner"]), labels)
+        if warmup:
+            losses = {k: v for k, v in losses.items() if k in MOTION_HEADS}
         loss = sum(cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"vision pre-training: non-finite loss at step {step}")
@@ -322,14 +353,14 @@ def pretrain_vision(
         optimizer.step()
         scheduler.step()
         for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
+            total, n = running.get(k, (0.0, 0))
+            running[k] = (total + float(v.detach()), n + 1)
         if bar is not None:
             bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
             row = {
                 "step": step,
-                **{k: round(v / n, 4) for k, v in running.items()},
+                **{k: round(total / n, 4) for k, (total, n) in running.items()},
                 "seconds": round(time.time() - started, 1),
             }
             history.append(row)
@@ -342,6 +373,7 @@ def pretrain_vision(
     metrics = {
         "config": asdict(cfg),
         "tower": asdict(umt_cfg),
+        "style": asdict(STYLE),  # the scenes' look (`data.shapes.SceneStyle`): a cached tower must match it
         "seconds": round(time.time() - started, 1),
         "history": history,
         "heldout": {
