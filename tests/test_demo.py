@@ -176,6 +176,7 @@ def test_model_card_reports_whether_captions_end(tmp_path):
     assert 'Captions ("Describe the video.", 12 held-out videos' in card
     assert '3 end with "In total N shapes appear.", 2 of them with the right N.' in card
 
+
 def test_committed_demo_model_answers_held_out_questions(tmp_path):
     """The bundled model loads offline and answers held-out questions in the trained format; on videos it never
     saw it names the colour and the shape of a lone shape, and the colour of the shape asked about (or the shape
@@ -193,7 +194,9 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     assert "## Evaluation" in card and "mc_accuracy" in card
     eval_dir = _held_out_eval_set(tmp_path / "eval", 12, niah_multipliers=(), num_single=20)
     pinned = {"single_mc_color": [], "single_mc_shape": [], "mc_color": [], "mc_shape": []}
-    records = [r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter") and r["task"] in pinned]
+    records = [
+        r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter") and r["task"] in pinned
+    ]
     valid = 0
     for record, answer in zip(records, _answer_all(records, eval_dir, tmp_path / "cache"), strict=True):
         letter = extract_letter(answer, record.get("options"))

@@ -152,12 +152,17 @@ def sample_dense_clips(
     )
     n_clips = max(1, scene.num_frames // num_frames)
     starts = rng.permutation(n_clips)[:max_clips] * num_frames
-    return [_clip(rng, scene, int(start), num_frames, needle_prob) for start in starts]
+    return [scene_clip(rng, scene, int(start), num_frames, needle_prob) for start in starts]
 
 
-def _clip(
-    rng: np.random.Generator, scene: Scene, start: int, num_frames: int, needle_prob: float
+def scene_clip(
+    rng: np.random.Generator,
+    scene: Scene,
+    start: int,
+    num_frames: int = MAX_CLIP_FRAMES,
+    needle_prob: float = 0.0,
 ) -> DenseClip:
+    """The clip of ``scene`` starting on frame ``start`` (frames past the end repeat the last), labelled."""
     ids = [min(start + i, scene.num_frames - 1) for i in range(num_frames)]
     frames = np.stack([render_frame(scene, i) for i in ids])
     owner = np.stack([_owner_map(scene, i) for i in ids])
@@ -255,5 +260,6 @@ __all__ = [
     "patch_labels",
     "patch_owner",
     "sample_dense_clips",
+    "scene_clip",
     "simulate_yuv420",
 ]
