@@ -16,6 +16,7 @@ from videochat_flash.train.connector_codes import (
     distil_connector_,
     encode_clips,
     save_connector,
+    token_classes,
     token_codes,
     token_owners,
 )
@@ -55,10 +56,31 @@ def test_codes_sum_the_owners_class_vectors_and_background_has_none():
     assert torch.equal(tables["color"], attribute_tables(("color", "shape"), 6, 0)["color"])  # seeded
     labels = {"object_color": torch.tensor([[2, 4]]), "object_shape": torch.tensor([[1, -100]])}
     who = torch.tensor([[0, 1, 2, 2]])
-    codes = token_codes(who, labels, tables)
+    classes = token_classes(who, labels, ("color", "shape"))
+    assert classes["shape"].tolist() == [[0, 1, 0, 0]]  # background, labelled, unlabelled x2
+    codes = token_codes(classes, tables)
     assert torch.equal(codes[0, 0], torch.zeros(6))
     assert torch.allclose(codes[0, 1], tables["color"][2] + tables["shape"][1])
     assert torch.allclose(codes[0, 2], tables["color"][4])  # an unlabelled attribute adds nothing
+
+
+def test_code_accuracy_counts_only_tokens_whose_code_holds_the_attribute():
+    tables = attribute_tables(("color", "motion"), dim=64, seed=0)
+    classes = {
+        "color": torch.tensor([1, 2, 3, 0]),
+        "motion": torch.tensor([2, 0, 0, 0]),
+    }  # 2 still, 1 background
+    codes = token_codes(classes, tables)
+
+    def perfect(x):
+        return codes
+
+    metrics = code_metrics(perfect, torch.zeros(4, 1), codes, classes, tables)
+    assert metrics == {"relative_mse": 0.0, "color_accuracy": 1.0, "motion_accuracy": 1.0}
+    wrong = codes.clone()
+    wrong[0] = tables["color"][1] + tables["motion"][3]  # right colour, wrong direction on the moving token
+    metrics = code_metrics(lambda x: wrong, torch.zeros(4, 1), codes, classes, tables)
+    assert (metrics["color_accuracy"], metrics["motion_accuracy"]) == (1.0, 0.0)
 
 
 def test_distillation_fits_the_codes_and_the_saved_connector_loads(tiny_model_dir, tmp_path):
@@ -70,7 +92,7 @@ def test_distillation_fits_the_codes_and_the_saved_connector_loads(tiny_model_di
     tables = attribute_tables(cfg.heads, model.projector.cfg.out_dim, cfg.seed)
     frames = model.config.vision.num_frames
     held = encode_clips(model, ClipStream(cfg.seed + 10_000, cfg, frames).take(16), tables, cfg.min_share)
-    before = code_metrics(model.projector.mlp, *held, tables)["relative_mse"]
+    before = code_metrics(model.projector.mlp, held[0], held[1], held[3], tables)["relative_mse"]
     metrics = distil_connector_(model, cfg, progress=False)
     assert metrics["heldout"]["relative_mse"] < 0.5 * before
     assert metrics["object_token_share"] > 0 and set(metrics["heldout"]) == {"relative_mse", "color_accuracy"}

@@ -92,6 +92,10 @@ def test_cached_vision_weights_of_another_config_are_trained_again(tiny_build):
     metrics.write_text(json.dumps(written))
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is True  # the retrained weights match again
+    written = json.loads(metrics.read_text())
+    written["style"]["background"] = "mid"  # trained on scenes that looked different
+    metrics.write_text(json.dumps(written))
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
 
 
 def test_connector_codes_are_made_again_for_another_tower_or_config(tiny_build):
@@ -129,8 +133,13 @@ def test_cached_data_of_another_seed_or_size_is_not_reused():
         "short_seconds": [4, 16],
         "long_seconds": [16, 48],
         "videos": {"single": 8, "short": 8, "long": 2, "niah": 2},
+        "style": {"background": "dark", "speed": [0.08, 0.12]},
     }
     assert data_mismatches(manifest, 3, sizes) == []
+    old_look = {**manifest, "style": {"background": "mid", "speed": None}}  # made by an earlier generator
+    assert data_mismatches(old_look, 3, sizes) == [
+        "style {'background': 'mid', 'speed': None} != {'background': 'dark', 'speed': [0.08, 0.12]}"
+    ]
     assert data_mismatches(manifest, 4, sizes) == ["seed 3 != 4"]
     assert data_mismatches(manifest, 3, {**sizes, "num_long": 3}) == [
         "videos {'single': 8, 'short': 8, 'long': 2, 'niah': 2} != {'single': 8, 'short': 8, 'long': 3, 'niah': 2}"

@@ -365,7 +365,9 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale, speed
             dist = step * max(1, last - 1 - first) if kind == "motion" else None
             x0, y0, x1, y1 = _place(rng, size, radius, direction, 1.0 - attempt / 100, dist)
             moved = 0
-            if step is not None:  # whole steps of exactly ``step`` px (one shorter step if the path is shorter)
+            if (
+                step is not None
+            ):  # whole steps of exactly ``step`` px (one shorter step if the path is shorter)
                 full = math.hypot(x1 - x0, y1 - y0)
                 moved = max(1, math.floor(full / step + 1e-6))
                 keep = min(1.0, moved * step / max(full, 1e-9))

@@ -83,22 +83,26 @@ def token_owners(owner: torch.Tensor, trace: list, target: int, min_share: float
     return torch.where(share >= min_share, who, torch.zeros_like(who))
 
 
-def token_codes(
-    who: torch.Tensor, labels: dict[str, torch.Tensor], tables: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """`[B, T, D]`: the sum over attributes of the owning object's class vector (zero for background)."""
-    codes = 0
-    for name, table in tables.items():
+def token_classes(who: torch.Tensor, labels: dict[str, torch.Tensor], heads: tuple[str, ...]) -> dict:
+    """Per attribute, `[B, T]`: the owning object's class per merged token (0: background, or the object has no
+    label for it, e.g. no direction where the clip shows it standing still)."""
+    classes = {}
+    for name in heads:
         per_object = labels[f"object_{name}"].clamp(min=0)  # unlabelled (-100) -> background: no code
-        classes = torch.cat([torch.zeros_like(per_object[:, :1]), per_object], dim=1).gather(1, who)
-        codes = codes + table[classes]
-    return codes
+        classes[name] = torch.cat([torch.zeros_like(per_object[:, :1]), per_object], dim=1).gather(1, who)
+    return classes
+
+
+def token_codes(classes: dict[str, torch.Tensor], tables: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`[..., D]`: the sum over attributes of each token's class vector (`token_classes`; zero for class 0)."""
+    return sum(tables[name][classes[name]] for name in tables)
 
 
 @torch.no_grad()
 def encode_clips(model, clips: list[DenseClip], tables: dict, min_share: float, batch: int = 64):
-    """Merged tower tokens `[n, C]` (the connector's inputs), their codes `[n, D]` and owners `[n]`."""
-    tokens, codes, owners = [], [], []
+    """Merged tower tokens `[n, C]` (the connector's inputs), their codes `[n, D]`, owners `[n]` (0: none) and
+    classes (`token_classes`, each `[n]`)."""
+    tokens, codes, owners, classes = [], [], [], []
     size, patch = model.config.vision.image_size, model.config.vision.patch_size
     for start in range(0, len(clips), batch):
         pixels, labels = make_batch(clips[start : start + batch], size, patch)
@@ -106,24 +110,26 @@ def encode_clips(model, clips: list[DenseClip], tables: dict, min_share: float, 
         target = model.projector.clip_tokens(pixels.shape[1])
         merged, trace = tome_merge(features, target, model.projector.cfg.merge_heads, return_trace=True)
         who = token_owners(labels["owner"], trace, target, min_share)
+        per_token = token_classes(who, labels, tuple(tables))
         tokens.append(merged.flatten(0, 1))
-        codes.append(token_codes(who, labels, tables).flatten(0, 1))
+        codes.append(token_codes(per_token, tables).flatten(0, 1))
         owners.append(who.flatten())
-    return torch.cat(tokens), torch.cat(codes), torch.cat(owners)
+        classes.append({k: v.flatten() for k, v in per_token.items()})
+    joined = {k: torch.cat([c[k] for c in classes]) for k in tables}
+    return torch.cat(tokens), torch.cat(codes), torch.cat(owners), joined
 
 
 @torch.no_grad()
-def code_metrics(mlp, tokens, codes, owners, tables: dict) -> dict[str, float]:
-    """Held-out relative MSE, and per attribute how often an object token's output is nearest (dot product) to
-    its own class vector among that attribute's object classes."""
+def code_metrics(mlp, tokens, codes, classes: dict, tables: dict) -> dict[str, float]:
+    """Held-out relative MSE, and per attribute how often a token's output is nearest (dot product) to its own
+    class vector among that attribute's classes, over the tokens whose code holds that attribute."""
     out = mlp(tokens)
     relative_mse = ((out - codes) ** 2).mean() / (codes**2).mean().clamp(min=1e-12)
     metrics = {"relative_mse": round(float(relative_mse), 4)}
-    objects = owners > 0
     for name, table in tables.items():
-        truth = (codes[objects] @ table[1:].T).argmax(-1)
-        guess = (out[objects] @ table[1:].T).argmax(-1)
-        hits = (truth == guess).float().mean() if objects.any() else torch.tensor(0.0)
+        coded = classes[name] > 0
+        guess = (out[coded] @ table[1:].T).argmax(-1) + 1
+        hits = (guess == classes[name][coded]).float().mean() if coded.any() else torch.tensor(0.0)
         metrics[f"{name}_accuracy"] = round(float(hits), 4)
     return metrics
 
@@ -160,7 +166,7 @@ def distil_connector_(model, cfg: ConnectorCodesConfig, progress: bool = True) -
         "final_loss": round(sum(tail) / max(1, len(tail)), 4),
         "train_tokens": len(train[0]),
         "object_token_share": round(float((train[2] > 0).float().mean()), 4),
-        "heldout": code_metrics(mlp, *held, tables),
+        "heldout": code_metrics(mlp, held[0], held[1], held[3], tables),
         "seconds": round(time.time() - started, 1),
     }
 
@@ -190,6 +196,7 @@ __all__ = [
     "distil_connector_",
     "encode_clips",
     "save_connector",
+    "token_classes",
     "token_codes",
     "token_owners",
 ]
