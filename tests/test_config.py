@@ -97,11 +97,6 @@ def test_compression_stages():
 
 
 def test_published_compression_scales_to_depth():
-    assert CompressionConfig.published() == CompressionConfig(
-        True, "uniform0_attention", (4, 18), (1.0, 0.75, 0.25)
-    )
+    assert CompressionConfig.published() == CompressionConfig(True, "uniform0_attention", (4, 18), (1.0, 0.75, 0.25))
     assert CompressionConfig.published(4).layers == (1, 3)
-    assert CompressionConfig.published(2).layers == (1,) and CompressionConfig.published(2).ratios == (
-        1.0,
-        0.75,
-    )
+    assert CompressionConfig.published(2).layers == (1,) and CompressionConfig.published(2).ratios == (1.0, 0.75)

@@ -66,10 +66,8 @@ def test_codes_sum_the_owners_class_vectors_and_background_has_none():
 
 def test_code_accuracy_counts_only_tokens_whose_code_holds_the_attribute():
     tables = attribute_tables(("color", "motion"), dim=64, seed=0)
-    classes = {
-        "color": torch.tensor([1, 2, 3, 0]),
-        "motion": torch.tensor([2, 0, 0, 0]),
-    }  # 2 still, 1 background
+    # three object tokens (one moving, two standing still) and one background token
+    classes = {"color": torch.tensor([1, 2, 3, 0]), "motion": torch.tensor([2, 0, 0, 0])}
     codes = token_codes(classes, tables)
 
     def perfect(x):

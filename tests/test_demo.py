@@ -93,7 +93,7 @@ def test_cached_vision_weights_of_another_config_are_trained_again(tiny_build):
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is True  # the retrained weights match again
     written = json.loads(metrics.read_text())
-    written["style"]["background"] = "mid"  # trained on scenes that looked different
+    written["style"]["background"] = "dark"  # trained on scenes that looked different
     metrics.write_text(json.dumps(written))
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
 
@@ -133,12 +133,12 @@ def test_cached_data_of_another_seed_or_size_is_not_reused():
         "short_seconds": [4, 16],
         "long_seconds": [16, 48],
         "videos": {"single": 8, "short": 8, "long": 2, "niah": 2},
-        "style": {"background": "dark", "speed": [0.08, 0.12]},
+        "style": {"background": "mid", "speed": None},
     }
     assert data_mismatches(manifest, 3, sizes) == []
-    old_look = {**manifest, "style": {"background": "mid", "speed": None}}  # made by an earlier generator
-    assert data_mismatches(old_look, 3, sizes) == [
-        "style {'background': 'mid', 'speed': None} != {'background': 'dark', 'speed': [0.08, 0.12]}"
+    other_look = {**manifest, "style": {"background": "dark", "speed": [0.08, 0.12]}}  # data.shapes.MOTION_STYLE
+    assert data_mismatches(other_look, 3, sizes) == [
+        "style {'background': 'dark', 'speed': [0.08, 0.12]} != {'background': 'mid', 'speed': None}"
     ]
     assert data_mismatches(manifest, 4, sizes) == ["seed 3 != 4"]
     assert data_mismatches(manifest, 3, {**sizes, "num_long": 3}) == [
@@ -203,9 +203,7 @@ def test_committed_demo_model_answers_held_out_questions(tmp_path):
     assert "## Evaluation" in card and "mc_accuracy" in card
     eval_dir = _held_out_eval_set(tmp_path / "eval", 12, niah_multipliers=(), num_single=20)
     pinned = {"single_mc_color": [], "single_mc_shape": [], "mc_color": [], "mc_shape": []}
-    records = [
-        r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter") and r["task"] in pinned
-    ]
+    records = [r for r in load_records(eval_dir / "eval.jsonl") if r.get("answer_letter") and r["task"] in pinned]
     valid = 0
     for record, answer in zip(records, _answer_all(records, eval_dir, tmp_path / "cache"), strict=True):
         letter = extract_letter(answer, record.get("options"))

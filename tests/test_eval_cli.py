@@ -152,16 +152,7 @@ def test_eval_synth_json(ckpt, capsys, tmp_path):
         "32",
     ]
     argv += ["--fps", "2", "--short-seconds", "4,4", "--long-seconds", "6,6", "--niah-lengths", "4"]
-    argv += [
-        "--niah-depths",
-        "0,1",
-        "--needle-seconds",
-        "1",
-        "--out",
-        str(tmp_path / "set"),
-        "--num-single",
-        "1",
-    ]
+    argv += ["--niah-depths", "0,1", "--needle-seconds", "1", "--out", str(tmp_path / "set"), "--num-single", "1"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["seed"] == 3 and res["num_samples"] == 1

@@ -75,9 +75,7 @@ def test_training_with_the_cache_matches_training_without_it(tmp_path):
     mixture = make_dataset(tmp_path / "data", videos=3, images=1, texts=1)
     plain = train(recipe_from_dict(_frozen_tower_recipe(tmp_path, mixture, tmp_path / "plain", 0)))
     cached = train(recipe_from_dict(_frozen_tower_recipe(tmp_path, mixture, tmp_path / "cached", 0.01)))
-    assert read_losses(plain.output_dir / "train_log.jsonl") == read_losses(
-        cached.output_dir / "train_log.jsonl"
-    )
+    assert read_losses(plain.output_dir / "train_log.jsonl") == read_losses(cached.output_dir / "train_log.jsonl")
     done = [r for r in _log(cached.output_dir) if r.get("event") == "end"]
     assert done and done[0]["vision_cache"]["hits"] > 0
 

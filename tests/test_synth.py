@@ -129,13 +129,9 @@ def test_layout_yaml_and_manifest(data):
             assert (data / entry["json_path"]).is_file()
     stage1 = yaml.safe_load((data / "stage1.yaml").read_text())["datasets"]
     assert [Path(e["json_path"]).name for e in stage1] == ["short_caption.jsonl"]
-    stage3 = [
-        Path(e["json_path"]).name for e in yaml.safe_load((data / "stage3.yaml").read_text())["datasets"]
-    ]
+    stage3 = [Path(e["json_path"]).name for e in yaml.safe_load((data / "stage3.yaml").read_text())["datasets"]]
     assert {"long_grounding.jsonl", "niah_niah.jsonl", "short_mc_color.jsonl"} <= set(stage3)
-    assert (
-        stage3.count("niah_niah.jsonl") == synth.NIAH_REPEAT > 1
-    )  # up-sampled by listing; every other file once
+    assert stage3.count("niah_niah.jsonl") == synth.NIAH_REPEAT > 1  # up-sampled by listing; every other file once
     assert all(stage3.count(name) == 1 for name in stage3 if name != "niah_niah.jsonl")
     with av.open(str(data / "videos/short/000000.mp4")) as c:
         s = c.streams.video[0]
@@ -178,9 +174,7 @@ def test_records_well_formed(data, records):
                 assert r["question"].endswith(f" {r['subject']}?")
             else:
                 assert r["answer"] == f"Answer: {opts[k]} ({LETTERS[k]})."
-            assert r["prompt"].startswith("Option:\n") and r["prompt"].endswith(
-                "\nQuestion: " + r["question"]
-            )
+            assert r["prompt"].startswith("Option:\n") and r["prompt"].endswith("\nQuestion: " + r["question"])
             assert f"({LETTERS[k]}) {opts[k]}\n" in r["prompt"]
         if r["task"] == "grounding":
             s, e = r["timestamp"]
@@ -240,19 +234,14 @@ def test_multi_turn_records_ask_every_question_of_their_video(data, records, abs
     orders = set()
     for m in scene_multi:
         assert synth.record_problems(m, data) == [], m["id"]
-        assert set(m["questions"]) == mc_of_video[m["video"]] and len(m["questions"]) == len(
-            set(m["questions"])
-        )
+        assert set(m["questions"]) == mc_of_video[m["video"]] and len(m["questions"]) == len(set(m["questions"]))
         turns = m["conversations"]
         assert len(turns) == 2 * len(m["questions"])
         for k, qid in enumerate(m["questions"]):
             q = by_id[qid]
             human, gpt = turns[2 * k], turns[2 * k + 1]
             assert human["from"] == "human" and gpt["from"] == "gpt"
-            assert (
-                human["value"] == ("<image>\n" if k == 0 else "") + q["prompt"]
-                and gpt["value"] == q["answer"]
-            )
+            assert human["value"] == ("<image>\n" if k == 0 else "") + q["prompt"] and gpt["value"] == q["answer"]
         orders.add(tuple(by_id[q]["task"] for q in m["questions"]))
     assert len(orders) > 1
 
@@ -279,10 +268,7 @@ def test_multi_turn_records_pass_the_training_data_check(data):
     from videochat_flash.train.data import check_annotations
 
     for pool in ("single", "short", "long", "niah"):
-        assert (
-            check_annotations([data / "annotations" / f"{pool}_{MULTI_TURN_TASK}.jsonl"], template="qwen_2")
-            == []
-        )
+        assert check_annotations([data / "annotations" / f"{pool}_{MULTI_TURN_TASK}.jsonl"], template="qwen_2") == []
 
 
 def test_training_scenes_ask_about_subjects_from_the_whole_vocabulary(records, absent_records):
@@ -307,9 +293,7 @@ def test_training_scenes_ask_about_subjects_from_the_whole_vocabulary(records, a
                 assert len({r["subject"] for r in rs}) == len(rs)
                 assert not rs[0].get("absent")  # the first one asks about an object in view
                 for r in rs:
-                    assert r["question"].endswith(f" {r['subject']}?") and r["answer"].startswith(
-                        f"The {r['subject']} "
-                    )
+                    assert r["question"].endswith(f" {r['subject']}?") and r["answer"].startswith(f"The {r['subject']} ")
                     if r.get("absent"):
                         assert r["subject"] not in {o[field] for o in objects} and "answer_letter" not in r
                         assert r["answer"].endswith(" is not in the video.")
@@ -317,10 +301,7 @@ def test_training_scenes_ask_about_subjects_from_the_whole_vocabulary(records, a
                     else:
                         obj = objects[r["target"]]
                         answer_field = "color" if task == "mc_color" else "shape"
-                        assert (
-                            obj[field] == r["subject"]
-                            and r["options"][r["answer_index"]] == obj[answer_field]
-                        )
+                        assert obj[field] == r["subject"] and r["options"][r["answer_index"]] == obj[answer_field]
                         seen_present_extra += r is not rs[0]
         for task in ("mc_direction", "mc_count", "grounding"):
             videos = [r["video"] for r in records if r["task"] == task and r["pool"] == pool]
@@ -442,12 +423,8 @@ def test_eval_set_grid_and_evaluate(tmp_path):
     for r in recs:
         assert synth.record_problems(r, tmp_path) == []
     asked = [(r["video"], r["task"]) for r in recs]
-    assert len(asked) == len(
-        set(asked)
-    )  # one question per video and task: per-object questions are for training
-    assert MULTI_TURN_TASK not in {
-        r["task"] for r in recs
-    }  # so are the multi-turn records, needle videos' too
+    assert len(asked) == len(set(asked))  # one question per video and task: per-object questions are for training
+    assert MULTI_TURN_TASK not in {r["task"] for r in recs}  # so are the multi-turn records, needle videos' too
 
     seen = []
 
@@ -471,11 +448,7 @@ def test_eval_set_single_shape_videos_are_reported_apart(tmp_path):
     )
     recs = synth.load_records(tmp_path / "eval.jsonl")
     single = [r for r in recs if r["task"].startswith("single_")]
-    assert sorted({r["task"] for r in single}) == [
-        "single_mc_color",
-        "single_mc_direction",
-        "single_mc_shape",
-    ]
+    assert sorted({r["task"] for r in single}) == ["single_mc_color", "single_mc_direction", "single_mc_shape"]
     assert all(len(r["meta"]["objects"]) == 1 for r in single)
 
     def only_single_right(rec, video):

@@ -6,8 +6,8 @@ grad norm 2e-4 against 0.14 at the LM head) and it learned colour but not shape 
 Since every pixel of a synthetic clip is known, each patch token can instead be told directly what covers it:
 
 - ``color``, ``shape``: the object's colour and shape (``background`` where no object covers the patch);
-- ``motion``: its direction where the clip shows it moving (``still`` for the NIAH needle; `UNLABELLED` for an
-  object the clip shows on one frame or standing still: there is no direction to see);
+- ``motion``: its direction where it moves (``still`` for the NIAH needle; `UNLABELLED` for an object standing
+  still: there is no direction to see);
 - ``onset``: when it first appears relative to the clip (``earlier`` = before the clip's first frame, else
   the clip frame it appears on) — ToMe output order carries no time, so order questions need it in the features;
 - ``count`` (one label per clip): how many distinct objects the clip shows.
@@ -19,13 +19,14 @@ look like what the decoded training videos show.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .shapes import (
     COLORS,
     DIRECTIONS,
+    MOTION_STYLE,
     NEEDLE_BACKGROUND,
     NEEDLE_COLORS,
     SHAPES,
@@ -51,9 +52,7 @@ PATCH_HEADS: dict[str, tuple[str, ...]] = {
 }
 MAX_COUNT = 6  # count classes 0..MAX_COUNT-1 objects in a clip
 UNLABELLED = -100  # no label for this head (cross-entropy's ignore_index); its patches count neither way
-MIN_MOVE_PX = (
-    1.0  # an object moving less than this across the frames a clip shows it on has no direction label
-)
+MIN_MOVE_PX = 1.0  # an object that moves less than this across the frames a clip shows has no direction label
 
 # Scene kinds of the mixture: (probability, seconds range, objects range [lo, hi), radius scale).
 # They mirror the generator's pools (single / short / long) so the tower sees what the LLM stages will.
@@ -62,7 +61,8 @@ SCENE_KINDS: dict[str, tuple[float, tuple[float, float], tuple[int, int], float]
     "short": (0.45, (4.0, 16.0), (1, 5), 1.0),
     "long": (0.30, (16.0, 48.0), (2, 6), 1.0),
 }
-# The motion warm-up's scenes (`sample_scene(kind="motion")`): 1-2 objects moving on every frame of one clip.
+# The motion warm-up's scenes (`sample_scene(kind="motion")`): 1-2 objects moving on every frame of one clip, at
+# the style's speed or, for a style that spreads moves over the visibility window, `MOTION_STYLE`'s.
 MOTION_KIND = (1.0, (4.0, 4.0), (1, 3), 1.0)
 
 
@@ -136,6 +136,7 @@ def sample_dense_clips(
     if motion_only:
         kind, (_, (lo, hi), (n_lo, n_hi), scale) = "motion", MOTION_KIND
         needle_prob = 0.0
+        style = replace(style, speed=style.speed or MOTION_STYLE.speed)
     else:
         names = list(SCENE_KINDS)
         kind = names[int(rng.choice(len(names), p=[SCENE_KINDS[n][0] for n in names]))]
@@ -184,8 +185,12 @@ def scene_clip(
 
 
 def _moves(obj, frame_ids: list[int]) -> bool:
-    """Whether ``obj`` visibly moves across the frames of ``frame_ids`` that show it."""
+    """Whether ``obj`` visibly moves across the frames of ``frame_ids`` that show it; an object shown on one of
+    them is compared with its position on the scene's next (else previous) frame."""
     shown = [i for i in frame_ids if obj.visible(i)]
+    if len(shown) == 1:
+        after = shown[0] + 1 if obj.visible(shown[0] + 1) else shown[0] - 1
+        shown = sorted([shown[0], after]) if obj.visible(after) else []
     if len(shown) < 2:
         return False
     (xa, ya), (xb, yb) = obj.position(shown[0]), obj.position(shown[-1])

@@ -2,8 +2,8 @@
 
 A `Scene` is a textured background plus `SceneObject`s. Each object has a shape, a colour from a small
 saturated palette, a size, a motion direction and a visibility window ``[start, end)`` in seconds; it moves in a
-straight line from the frame it appears on, at its own constant speed, until it has covered its distance, then
-stays still (`SceneStyle`). Frame ``i`` shows time ``i / fps``.
+straight line from the frame it appears on, over its whole visibility window or (`SceneStyle.speed`) at its own
+speed until it has covered its distance, then stands still. Frame ``i`` shows time ``i / fps``.
 Objects of one scene never overlap on screen (rejection sampling), and in scenes meant for questions every
 object has a distinct colour and a distinct shape, so "the red object" and "the circle" are unambiguous.
 
@@ -41,15 +41,16 @@ BACKGROUNDS: dict[str, tuple[float, float]] = {"mid": (85.0, 145.0), "dark": (35
 class SceneStyle:
     """How scenes look and move; one style serves the data, the tower's pre-training and the evaluation.
 
-    Why the default: a tower trained from scratch learned an object's direction only when the object moved at
-    least ~4 px (half a patch) between sampled frames and stood out from a background far from the encoder's
-    normalisation mean (`benchmarks/README.md`, motion probe). ``speed=None`` spreads the move over the whole
-    visibility window (the first demo builds' data: a median 2.7 px per frame at 1 fps) and ``"mid"`` is their
-    mid-grey background.
+    The default is the look every demo build so far was trained on: a mid-grey background and each object's move
+    spread over its whole visibility window (a median 2.7 px per frame at 1 fps). A from-scratch tower learned an
+    object's direction only from ~4 px (half a patch) per sampled frame on, on backgrounds far from the encoder's
+    normalisation mean (`benchmarks/README.md`, motion probe); `MOTION_STYLE` gives it that. A demo build on it
+    (session 18) raised the tower's held-out direction from 32-40% to 74% but not the answers; see
+    `benchmarks/README.md`, "Faster movers on dark backgrounds".
     """
 
-    background: str = "dark"  # a key of BACKGROUNDS
-    speed: tuple[float, float] | None = (0.08, 0.12)  # frame sides per second, drawn per object
+    background: str = "mid"  # a key of BACKGROUNDS
+    speed: tuple[float, float] | None = None  # frame sides per second, drawn per object; None: spread the move
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
@@ -58,7 +59,9 @@ class SceneStyle:
             raise ValueError(f"speed must be 0 < lo <= hi frame sides per second, got {self.speed}")
 
 
-STYLE = SceneStyle()
+STYLE = SceneStyle()  # what the generator, the tower's pre-training and the evaluation draw
+# objects move 8-12% of the frame side per second until they have covered their distance, then stand still
+MOTION_STYLE = SceneStyle(background="dark", speed=(0.08, 0.12))
 NEEDLE_COLORS: tuple[str, ...] = tuple(c for c in COLORS if c != "white")
 
 _UNIT_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -302,8 +305,8 @@ def sample_scene(
     ``kind="short"``: every object is visible for at least half the video and appears in the first half,
     at distinct times (gap ≥ duration/8). ``kind="long"``: objects are events of 4–16 s scattered over
     the whole video with distinct start times (gap ≥ 2 s). ``kind="motion"`` (the tower's motion warm-up): every
-    object is on screen and moving on every frame (needs ``style.speed``). With ``unique`` every object has its own colour
-    and its own shape (at most ``len(SHAPES)`` objects). Objects that cannot be placed without overlapping
+    object is on screen and moving on every frame (needs a ``style.speed``). With ``unique`` every object has its
+    own colour and its own shape (at most ``len(SHAPES)`` objects). Objects that cannot be placed without overlapping
     the others (60 tries, 4 layouts) are dropped, so ``len(scene.objects)`` may be below ``num_objects``.
     ``scale`` multiplies the object radii (the curriculum's first scenes use bigger shapes).
     """
@@ -365,9 +368,7 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale, speed
             dist = step * max(1, last - 1 - first) if kind == "motion" else None
             x0, y0, x1, y1 = _place(rng, size, radius, direction, 1.0 - attempt / 100, dist)
             moved = 0
-            if (
-                step is not None
-            ):  # whole steps of exactly ``step`` px (one shorter step if the path is shorter)
+            if step is not None:  # whole steps of exactly ``step`` px (one shorter step if the path is shorter)
                 full = math.hypot(x1 - x0, y1 - y0)
                 moved = max(1, math.floor(full / step + 1e-6))
                 keep = min(1.0, moved * step / max(full, 1e-9))

@@ -114,16 +114,12 @@ _MULTI_TURN_POOLS = ("single", "short", "long", "niah")
 # and the demo's NIAH accuracy fell to 15%.
 NIAH_REPEAT = 4
 _STAGE3 = (
-    [("short", t) for t in _SHORT_TASKS]
-    + [("long", t) for t in _SHORT_TASKS]
-    + [("niah", "niah")] * NIAH_REPEAT
+    [("short", t) for t in _SHORT_TASKS] + [("long", t) for t in _SHORT_TASKS] + [("niah", "niah")] * NIAH_REPEAT
 )
 # stage -> (pool, task) annotation files in the mixture
 STAGES: dict[str, list[tuple[str, str]]] = {
     # stage 0 reads a pre-trained tower (the demo's dense vision pre-training): one-shape and short scenes at once
-    "stage0": [("single", t) for t in _SINGLE_TASKS]
-    + [("short", "caption")]
-    + [("short", t) for t in MC_TASKS],
+    "stage0": [("single", t) for t in _SINGLE_TASKS] + [("short", "caption")] + [("short", t) for t in MC_TASKS],
     # the demo's multiple-choice phase after stage 0: in the mixed stage 0 an answer letter is one supervised token
     # against a caption's ~30, and the LLM stayed at chance on which attribute a letter names (colour or shape)
     # (one-shape questions listed twice: per-object questions made short scenes' colour and shape files ~2.5x longer,
@@ -135,8 +131,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # samples, the rest a replay of the MC phase so that the subject copy learned there is kept. (In stage 3 alone,
     # ~8% of 2,400 samples, the LLM stayed at chance on the needle; mixed into the MC phase from its start, the
     # needle was learned but the subject copy was not, in two builds.)
-    "stage0_niah": [("niah", MULTI_TURN_TASK)] * 2
-    + [("single", MULTI_TURN_TASK), ("short", MULTI_TURN_TASK)],
+    "stage0_niah": [("niah", MULTI_TURN_TASK)] * 2 + [("single", MULTI_TURN_TASK), ("short", MULTI_TURN_TASK)],
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,
@@ -446,9 +441,7 @@ def _progress(on: bool, label: str, k: int, n: int, t0: float) -> None:
 
 def _pools_for(stages: list[str]) -> list[str]:
     return [
-        p
-        for p in ("single", "short", "long", "niah")
-        if any(p == pool for s in stages for pool, _ in STAGES[s])
+        p for p in ("single", "short", "long", "niah") if any(p == pool for s in stages for pool, _ in STAGES[s])
     ]
 
 

@@ -202,13 +202,7 @@ def mc_question(
 
 
 def mc_record(
-    rng: np.random.Generator,
-    scene: Scene,
-    task: str,
-    rid: str,
-    video: str,
-    target: int | None = None,
-    **extra,
+    rng: np.random.Generator, scene: Scene, task: str, rid: str, video: str, target: int | None = None, **extra
 ) -> dict | None:
     q = mc_question(rng, scene, task, target)
     if q is None:
@@ -247,18 +241,7 @@ def absent_record(scene: Scene, task: str, subject: str, rid: str, video: str, *
     answer = f"The {subject}{'' if task == 'mc_color' else ' shape'} is not in the video."
     question = per_object_question(task, subject)
     prompt = mc_prompt(question, options)
-    return make_record(
-        rid,
-        video,
-        prompt,
-        answer,
-        task,
-        question=question,
-        options=options,
-        subject=subject,
-        absent=True,
-        **extra,
-    )
+    return make_record(rid, video, prompt, answer, task, question=question, options=options, subject=subject, absent=True, **extra)
 
 
 def subject_records(

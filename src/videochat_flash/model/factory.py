@@ -16,7 +16,9 @@ from ..config import VideoChatFlashConfig
 from ..inference.prompt import ENDOFTEXT, IM_END, IM_START, TextTokenizer
 
 # The Qwen2 pre-tokenizer split pattern (contractions, letters, single digits, punctuation, whitespace).
-QWEN_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # ids vocab-3, vocab-2, vocab-1, as in the fixtures
 
 DEFAULT_TEXTS = (

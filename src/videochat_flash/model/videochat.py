@@ -104,9 +104,7 @@ class VideoChatFlash(nn.Module):
         self.generation_config = generation_config or GenerationConfig()
         self.name_or_path: str | None = None  # where the weights came from (part of cache keys)
         self.clip_batch_size = 8
-        self.vision_cache = (
-            None  # set by the trainer for stages with a frozen tower (train.frozen_vision_cache_gb)
-        )
+        self.vision_cache = None  # set by the trainer for stages with a frozen tower (train.frozen_vision_cache_gb)
 
     # ------------------------------------------------------------------ construction
     @property

@@ -47,9 +47,7 @@ DATA = dict(
     short_seconds=(4, 16),
     long_seconds=(16, 48),
 )
-TIMINGS_FILE = (
-    "timings.json"  # seconds of the cacheable build steps (data, vision, codes, each finished stage)
-)
+TIMINGS_FILE = "timings.json"  # seconds of the cacheable build steps (data, vision, codes, each finished stage)
 # What marks each cacheable step as done (relative to the work dir); a rebuild skips the step when it exists and
 # was made with this build's settings (`data_mismatches`, the tower's ``umt.json``, the codes' JSON and tower hash).
 # A training stage is done when its ``final/`` exists; it is reused only with the same `stage_stamp` and while every
@@ -216,9 +214,7 @@ def data_mismatches(manifest: dict, seed: int, sizes: dict) -> list[str]:
         },
         "style": scene_style(),
     }
-    return [
-        f"{key} {manifest.get(key)} != {value}" for key, value in wanted.items() if manifest.get(key) != value
-    ]
+    return [f"{key} {manifest.get(key)} != {value}" for key, value in wanted.items() if manifest.get(key) != value]
 
 
 def scene_style() -> dict:
@@ -282,9 +278,7 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> tuple[Path, bool
     metrics_file = out.with_suffix(".json")  # `pretrain_vision` writes it beside the weights
     if out.is_file() and metrics_file.is_file():
         written = json.loads(metrics_file.read_text())
-        wanted = json.loads(
-            json.dumps([asdict(cfg), asdict(tower)])
-        )  # as the file holds them: tuples as lists
+        wanted = json.loads(json.dumps([asdict(cfg), asdict(tower)]))  # as the file holds them: tuples as lists
         if [written.get("config"), written.get("tower"), written.get("style")] == [*wanted, scene_style()]:
             _log(f"vision weights exist: {out}")
             return out, True
@@ -662,9 +656,8 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "the evaluation below says how much of it the model has actually learned.",
         "",
         "What it sees: 64 px videos at 1 frame per second (so `chat`'s sampling, at least 64 frames or all of them,",
-        "matches training), five colours (red, green, blue, yellow, white) and five shapes on dark textured",
-        "backgrounds; each object moves 5-8 px per second (8-12% of the frame side) in one direction from the moment it",
-        "appears until it has covered 20-50% of the frame, then stands still (`data.shapes.SceneStyle`). Multiple-choice questions list the question type's whole answer vocabulary in a fixed order",
+        "matches training), five colours (red, green, blue, yellow, white) and five shapes on mid-grey textured",
+        "backgrounds. Multiple-choice questions list the question type's whole answer vocabulary in a fixed order",
         "(e.g. always `(A) red (B) green (C) blue (D) yellow (E) white`), so a letter names an answer; the model is",
         "not trained to match shuffled options (its LLM did not learn that skill within the CPU hour). The options",
         "come first and the question last; answers give the value, then its letter (`Answer: green (B).`). A",
@@ -682,9 +675,6 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "it gives the tower a direct signal, where training it only through a from-scratch LLM gave it almost none.",
         "Its patch embedding starts from the whitened principal components of sample patches and its MLP inputs at",
         "std 1/sqrt(width) (`videochat_flash.train.vision_pretrain`): shapes then start to be learned ~3x sooner.",
-        "Its first 300 steps show only clips of 1-2 objects moving on every frame and train only the motion heads;",
-        "direction is labelled only where a clip shows the object move. Without that warm-up the tower never",
-        "learned direction (`benchmarks/README.md`, motion in the tower's pre-training).",
         "`stage0_codes` then distils the connector onto attribute codes: each merged token of the tower maps to the",
         "sum of one fixed random vector per colour, shape, motion and onset of the object owning it, zero for",
         "background (`videochat_flash.train.connector_codes`). On the tower's tokens as they come (any connector",
@@ -730,9 +720,7 @@ def write_model_card(model_dir: Path, report: dict) -> None:
     codes = next((s for s in report["stages"] if s["stage"] == CODES_STAGE), None)
     if codes is not None:
         held = codes["heldout"]
-        per_head = ", ".join(
-            f"{k.removesuffix('_accuracy')} {100 * v:.1f}%" for k, v in held.items() if k != "relative_mse"
-        )
+        per_head = ", ".join(f"{k.removesuffix('_accuracy')} {100 * v:.1f}%" for k, v in held.items() if k != "relative_mse")
         lines += [
             "",
             f"Connector codes, held-out clips: relative MSE {held['relative_mse']}; object tokens whose output is",

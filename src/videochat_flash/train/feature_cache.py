@@ -61,9 +61,4 @@ class FrozenTowerCache:
         return out
 
     def stats(self) -> dict:
-        return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "entries": len(self),
-            "mib": round(self.bytes / 2**20, 1),
-        }
+        return {"hits": self.hits, "misses": self.misses, "entries": len(self), "mib": round(self.bytes / 2**20, 1)}

@@ -77,9 +77,7 @@ class VisionPretrainConfig:
 
     def __post_init__(self) -> None:
         if self.patch_init not in PATCH_INITS:
-            raise ValueError(
-                f"vision_pretrain.patch_init must be one of {PATCH_INITS}, got {self.patch_init!r}"
-            )
+            raise ValueError(f"vision_pretrain.patch_init must be one of {PATCH_INITS}, got {self.patch_init!r}")
 
 
 class DenseHeads(nn.Module):
@@ -164,9 +162,7 @@ def dense_losses(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor
         out[name] = fg_loss + bg_loss
         key = f"object_{name}"
         if key in logits and (labels[key] >= 0).any():
-            out[key] = F.cross_entropy(
-                logits[key].flatten(0, 1), labels[key].flatten(), ignore_index=UNLABELLED
-            )
+            out[key] = F.cross_entropy(logits[key].flatten(0, 1), labels[key].flatten(), ignore_index=UNLABELLED)
     out["count"] = F.cross_entropy(logits["count"], labels["count"])
     return out
 
