@@ -11,6 +11,7 @@ from videochat_flash.model.videochat import VideoChatFlash
 from videochat_flash.train import checkpoint as ckpt
 from videochat_flash.train.connector_codes import (
     ConnectorCodesConfig,
+    EncodedClips,
     attribute_tables,
     code_metrics,
     distil_connector_,
@@ -69,15 +70,12 @@ def test_code_accuracy_counts_only_tokens_whose_code_holds_the_attribute():
     # three object tokens (one moving, two standing still) and one background token
     classes = {"color": torch.tensor([1, 2, 3, 0]), "motion": torch.tensor([2, 0, 0, 0])}
     codes = token_codes(classes, tables)
-
-    def perfect(x):
-        return codes
-
-    metrics = code_metrics(perfect, torch.zeros(4, 1), codes, classes, tables)
+    held = EncodedClips(torch.zeros(4, 1), codes, classes["color"], classes)
+    metrics = code_metrics(lambda x: codes, held, tables)
     assert metrics == {"relative_mse": 0.0, "color_accuracy": 1.0, "motion_accuracy": 1.0}
     wrong = codes.clone()
     wrong[0] = tables["color"][1] + tables["motion"][3]  # right colour, wrong direction on the moving token
-    metrics = code_metrics(lambda x: wrong, torch.zeros(4, 1), codes, classes, tables)
+    metrics = code_metrics(lambda x: wrong, held, tables)
     assert (metrics["color_accuracy"], metrics["motion_accuracy"]) == (1.0, 0.0)
 
 
@@ -90,7 +88,7 @@ def test_distillation_fits_the_codes_and_the_saved_connector_loads(tiny_model_di
     tables = attribute_tables(cfg.heads, model.projector.cfg.out_dim, cfg.seed)
     frames = model.config.vision.num_frames
     held = encode_clips(model, ClipStream(cfg.seed + 10_000, cfg, frames).take(16), tables, cfg.min_share)
-    before = code_metrics(model.projector.mlp, held[0], held[1], held[3], tables)["relative_mse"]
+    before = code_metrics(model.projector.mlp, held, tables)["relative_mse"]
     metrics = distil_connector_(model, cfg, progress=False)
     assert metrics["heldout"]["relative_mse"] < 0.5 * before
     assert metrics["object_token_share"] > 0 and set(metrics["heldout"]) == {"relative_mse", "color_accuracy"}

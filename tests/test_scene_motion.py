@@ -1,11 +1,10 @@
-"""How synthetic objects move (`data.shapes.SceneStyle`), the direction labels the tower learns from, and the
-tower's motion warm-up."""
+"""How synthetic objects move (`data.shapes.SceneStyle`) and the direction labels the tower learns from (its motion
+warm-up is tested in tests/test_vision_pretrain.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from videochat_flash.config import UMTConfig
 from videochat_flash.data.dense import (
     MOTION_CLASSES,
     UNLABELLED,
@@ -22,12 +21,7 @@ from videochat_flash.data.shapes import (
     object_position,
     sample_scene,
 )
-from videochat_flash.train.vision_pretrain import (
-    MOTION_HEADS,
-    VisionPretrainConfig,
-    dense_losses,
-    pretrain_vision,
-)
+from videochat_flash.train.vision_pretrain import dense_losses
 
 
 def _scenes(style: SceneStyle, kind: str = "short", n: int = 40, seed: int = 0, seconds: float = 12.0):
@@ -87,7 +81,7 @@ def test_backgrounds_and_style_validation():
         SceneStyle(background="pink")
     with pytest.raises(ValueError, match="speed"):
         SceneStyle(speed=(0.2, 0.1))
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="'motion' needs a style with a speed"):
         next(_scenes(SceneStyle(speed=None), kind="motion"))
 
 
@@ -140,22 +134,3 @@ def test_unlabelled_patches_count_neither_as_object_nor_as_background():
     labels["count"] = torch.tensor([1])
     losses = dense_losses(logits, labels)
     assert losses["motion"].item() == pytest.approx(losses["color"].item())
-
-
-def test_motion_warmup_trains_the_motion_heads_alone_first(tmp_path):
-    torch.set_num_threads(1)
-    tower = UMTConfig(hidden_size=32, num_layers=2, num_heads=2, patch_size=8, image_size=32)
-    cfg = VisionPretrainConfig(
-        steps=4,
-        batch_size=4,
-        frame_size=32,
-        image_sizes=(32,),
-        eval_clips=4,
-        log_every=1,
-        motion_warmup_steps=2,
-        patch_init="random",
-    )
-    history = pretrain_vision(tower, tmp_path / "umt.pt", cfg, progress=False)["history"]
-    losses = [set(row) - {"step", "seconds"} for row in history]
-    assert losses[0] == losses[1] == set(MOTION_HEADS)
-    assert {"color", "object_shape", "count"} <= losses[2] == losses[3]

@@ -24,6 +24,7 @@ from videochat_flash.model.umt import UMTEncoder
 from videochat_flash.model.videochat import VideoChatFlash
 from videochat_flash.train import checkpoint as ckpt
 from videochat_flash.train.vision_pretrain import (
+    MOTION_HEADS,
     DenseHeads,
     VisionPretrainConfig,
     dense_accuracy,
@@ -242,3 +243,21 @@ def test_patch_init_picks_the_whitened_or_the_plain_patch_embedding(tmp_path):
         stds[init] = float(raw["encoder.patch_embed.proj.weight"].std())
     # whitening gives each output channel unit variance x gain over pixels of std ~1: weights far above 0.02
     assert stds["random"] < 0.03 < 0.1 < stds["pca"]
+
+
+def test_motion_warmup_trains_the_motion_heads_alone_first(tmp_path):
+    torch.set_num_threads(1)
+    cfg = VisionPretrainConfig(
+        steps=4,
+        batch_size=4,
+        frame_size=32,
+        image_sizes=(32,),
+        eval_clips=4,
+        log_every=1,
+        motion_warmup_steps=2,
+        patch_init="random",
+    )
+    history = pretrain_vision(TINY_TOWER, tmp_path / "umt.pt", cfg, progress=False)["history"]
+    losses = [set(row) - {"step", "seconds"} for row in history]
+    assert losses[0] == losses[1] == set(MOTION_HEADS)
+    assert {"color", "object_shape", "count"} <= losses[2] == losses[3]

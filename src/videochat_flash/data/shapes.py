@@ -101,16 +101,16 @@ class SceneObject:
         return d
 
 
-def _move_span(obj) -> int:
-    """Frames from the first position to the last (`SceneObject` or its JSON)."""
-    get = obj.get if isinstance(obj, dict) else lambda k, d=None: getattr(obj, k, d)
-    moved = get("move_frames", 0)
-    return max(1, moved if moved else get("end_frame") - 1 - get("start_frame"))
+def _move_span(start_frame: int, end_frame: int, move_frames: int) -> int:
+    """Frames from the first position to the last: the move's own, else the whole visibility window."""
+    return max(1, move_frames if move_frames else end_frame - 1 - start_frame)
 
 
 def object_position(obj: dict, frame: int) -> tuple[float, float]:
     """Centre (x, y) in pixels of a serialised object (``record["meta"]["objects"][k]``) on ``frame``."""
-    a = min(1.0, max(0.0, (frame - obj["start_frame"]) / _move_span(obj)))
+    # annotations written before ``move_frames`` existed spread every move over the window
+    span = _move_span(obj["start_frame"], obj["end_frame"], obj.get("move_frames", 0))
+    a = min(1.0, max(0.0, (frame - obj["start_frame"]) / span))
     return obj["x0"] + a * (obj["x1"] - obj["x0"]), obj["y0"] + a * (obj["y1"] - obj["y0"])
 
 
@@ -276,7 +276,8 @@ def _place(
 
 
 def _track(o: SceneObject, frames: np.ndarray) -> np.ndarray:
-    a = np.clip((frames - o.start_frame) / _move_span(o), 0.0, 1.0)[:, None]
+    span = _move_span(o.start_frame, o.end_frame, o.move_frames)
+    a = np.clip((frames - o.start_frame) / span, 0.0, 1.0)[:, None]
     return np.array([o.x0, o.y0]) + a * np.array([o.x1 - o.x0, o.y1 - o.y0])
 
 
@@ -329,7 +330,9 @@ def sample_scene(
         n_slots = max(num_objects, int((duration - 4.0) // 2) + 1)
         slots = np.sort(rng.permutation(n_slots)[:num_objects])
         starts = [float(s) * 2.0 for s in slots]
-    elif kind == "motion" and style.speed is not None:
+    elif kind == "motion":
+        if style.speed is None:
+            raise ValueError("scene kind 'motion' needs a style with a speed (moves spread over the window stay slow)")
         starts = [0.0] * num_objects
     else:
         raise ValueError(f"unknown scene kind {kind!r}")

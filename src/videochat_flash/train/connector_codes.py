@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -98,10 +99,16 @@ def token_codes(classes: dict[str, torch.Tensor], tables: dict[str, torch.Tensor
     return sum(tables[name][classes[name]] for name in tables)
 
 
+class EncodedClips(NamedTuple):
+    tokens: torch.Tensor  # [n, C] merged tower tokens (the connector's inputs)
+    codes: torch.Tensor  # [n, D] their targets
+    owners: torch.Tensor  # [n] 1 + owning object, 0: none
+    classes: dict[str, torch.Tensor]  # per attribute, [n] (`token_classes`)
+
+
 @torch.no_grad()
-def encode_clips(model, clips: list[DenseClip], tables: dict, min_share: float, batch: int = 64):
-    """Merged tower tokens `[n, C]` (the connector's inputs), their codes `[n, D]`, owners `[n]` (0: none) and
-    classes (`token_classes`, each `[n]`)."""
+def encode_clips(model, clips: list[DenseClip], tables: dict, min_share: float, batch: int = 64) -> EncodedClips:
+    """The clips' merged tower tokens with their codes, owners and classes."""
     tokens, codes, owners, classes = [], [], [], []
     size, patch = model.config.vision.image_size, model.config.vision.patch_size
     for start in range(0, len(clips), batch):
@@ -116,14 +123,15 @@ def encode_clips(model, clips: list[DenseClip], tables: dict, min_share: float, 
         owners.append(who.flatten())
         classes.append({k: v.flatten() for k, v in per_token.items()})
     joined = {k: torch.cat([c[k] for c in classes]) for k in tables}
-    return torch.cat(tokens), torch.cat(codes), torch.cat(owners), joined
+    return EncodedClips(torch.cat(tokens), torch.cat(codes), torch.cat(owners), joined)
 
 
 @torch.no_grad()
-def code_metrics(mlp, tokens, codes, classes: dict, tables: dict) -> dict[str, float]:
+def code_metrics(mlp, held: EncodedClips, tables: dict) -> dict[str, float]:
     """Held-out relative MSE, and per attribute how often a token's output is nearest (dot product) to its own
     class vector among that attribute's classes, over the tokens whose code holds that attribute."""
-    out = mlp(tokens)
+    out = mlp(held.tokens)
+    codes, classes = held.codes, held.classes
     relative_mse = ((out - codes) ** 2).mean() / (codes**2).mean().clamp(min=1e-12)
     metrics = {"relative_mse": round(float(relative_mse), 4)}
     for name, table in tables.items():
@@ -151,8 +159,8 @@ def distil_connector_(model, cfg: ConnectorCodesConfig, progress: bool = True) -
     bar = _progress(progress, cfg.steps, desc="connector codes")
     tail: list[float] = []  # the last steps' losses (the report's final loss)
     for _ in range(cfg.steps):
-        idx = torch.randint(len(train[0]), (cfg.batch_tokens,), generator=gen)
-        loss = F.mse_loss(mlp(train[0][idx]), train[1][idx])
+        idx = torch.randint(len(train.tokens), (cfg.batch_tokens,), generator=gen)
+        loss = F.mse_loss(mlp(train.tokens[idx]), train.codes[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -164,9 +172,9 @@ def distil_connector_(model, cfg: ConnectorCodesConfig, progress: bool = True) -
     return {
         "config": asdict(cfg),
         "final_loss": round(sum(tail) / max(1, len(tail)), 4),
-        "train_tokens": len(train[0]),
-        "object_token_share": round(float((train[2] > 0).float().mean()), 4),
-        "heldout": code_metrics(mlp, held[0], held[1], held[3], tables),
+        "train_tokens": len(train.tokens),
+        "object_token_share": round(float((train.owners > 0).float().mean()), 4),
+        "heldout": code_metrics(mlp, held, tables),
         "seconds": round(time.time() - started, 1),
     }
 
@@ -191,6 +199,7 @@ def save_connector(model, out_path: str | Path, metrics: dict) -> None:
 
 __all__ = [
     "ConnectorCodesConfig",
+    "EncodedClips",
     "attribute_tables",
     "code_metrics",
     "distil_connector_",
