@@ -48,9 +48,16 @@ def test_objects_move_at_their_speed_then_stand_still():
     assert checked > 60
 
 
-def test_default_style_moves_over_the_whole_window_and_old_json_reads_the_same():
-    assert STYLE == SceneStyle(background="mid", speed=None)  # what the installed demo model was trained on
-    for scene in _scenes(STYLE, n=10):
+SPREAD_STYLE = SceneStyle()  # the dataclass defaults: the look of the demo models up to session 18
+
+
+def test_generator_draws_the_motion_style():
+    assert STYLE == MOTION_STYLE == SceneStyle(background="dark", speed=(0.08, 0.12))
+    assert SPREAD_STYLE == SceneStyle(background="mid", speed=None)
+
+
+def test_spread_style_moves_over_the_whole_window_and_old_json_reads_the_same():
+    for scene in _scenes(SPREAD_STYLE, n=10):
         for o in scene.objects:
             assert o.move_frames == 0
             obj = o.to_json()
@@ -98,7 +105,7 @@ def _shown_move(o, start: int) -> float | None:
     return float(np.hypot(xb - xa, yb - ya))
 
 
-@pytest.mark.parametrize("style", [STYLE, MOTION_STYLE], ids=["default", "motion"])
+@pytest.mark.parametrize("style", [SPREAD_STYLE, MOTION_STYLE], ids=["spread", "motion"])
 def test_direction_labels_only_where_the_object_moves(style):
     rng = np.random.default_rng(3)
     seen = {"moving": 0, "still": 0}
@@ -116,7 +123,7 @@ def test_direction_labels_only_where_the_object_moves(style):
                 else:
                     assert labels["motion"] == UNLABELLED
                     seen["still"] += 1
-    # the default style moves objects on every frame they are on screen: every one has a direction label
+    # the spread style moves objects on every frame they are on screen: every one has a direction label
     assert seen["moving"] > 20 and (seen["still"] > 20 if style.speed else seen["still"] <= 2)
     for _ in range(10):
         for clip in sample_dense_clips(rng, max_clips=2, motion_only=True):

@@ -131,8 +131,11 @@ def test_layout_yaml_and_manifest(data):
     assert [Path(e["json_path"]).name for e in stage1] == ["short_caption.jsonl"]
     stage3 = [Path(e["json_path"]).name for e in yaml.safe_load((data / "stage3.yaml").read_text())["datasets"]]
     assert {"long_grounding.jsonl", "niah_niah.jsonl", "short_mc_color.jsonl"} <= set(stage3)
-    assert stage3.count("niah_niah.jsonl") == synth.NIAH_REPEAT > 1  # up-sampled by listing; every other file once
-    assert all(stage3.count(name) == 1 for name in stage3 if name != "niah_niah.jsonl")
+    # up-sampled by listing: needles and counts; every other file once
+    repeats = {"niah_niah.jsonl": synth.NIAH_REPEAT, "short_mc_count.jsonl": synth.COUNT_REPEAT}
+    repeats["long_mc_count.jsonl"] = synth.COUNT_REPEAT
+    assert synth.NIAH_REPEAT > 1 and synth.COUNT_REPEAT > 1
+    assert all(stage3.count(name) == repeats.get(name, 1) for name in stage3)
     with av.open(str(data / "videos/short/000000.mp4")) as c:
         s = c.streams.video[0]
         assert (s.codec_context.name, s.codec_context.pix_fmt, s.width, s.height) == (
@@ -206,6 +209,16 @@ def test_mc_phase_mixture_holds_only_multiple_choice(data):
     mix = yaml.safe_load((data / "stage0_mc.yaml").read_text())["datasets"]
     assert [Path(e["json_path"]).name for e in mix] == [
         f"single_{MULTI_TURN_TASK}.jsonl",
+        f"single_{MULTI_TURN_TASK}.jsonl",
+        f"short_{MULTI_TURN_TASK}.jsonl",
+    ]
+
+
+def test_direction_phase_mixture_replays_the_mc_phase(data):
+    mix = yaml.safe_load((data / "stage0_dir.yaml").read_text())["datasets"]
+    assert [Path(e["json_path"]).name for e in mix] == [
+        "single_mc_direction.jsonl",
+        "short_mc_direction.jsonl",
         f"single_{MULTI_TURN_TASK}.jsonl",
         f"short_{MULTI_TURN_TASK}.jsonl",
     ]

@@ -44,12 +44,12 @@ BACKGROUNDS: dict[str, tuple[float, float]] = {"mid": (85.0, 145.0), "dark": (35
 class SceneStyle:
     """How scenes look and move; one style serves the data, the tower's pre-training and the evaluation.
 
-    The default is the look the installed demo model was trained on: a mid-grey background and each object's move
-    spread over its whole visibility window (a median 2.7 px per frame at 1 fps). A from-scratch tower learned an
-    object's direction only from ~4 px (half a patch) per sampled frame on, on backgrounds far from the encoder's
-    normalisation mean (`benchmarks/README.md`, motion probe); `MOTION_STYLE` gives it that. A demo build on it
-    (session 18) raised the tower's held-out direction from 32-40% to 74% but not the answers; see
-    `benchmarks/README.md`, "Faster movers on dark backgrounds".
+    The dataclass defaults are the look of the demo models up to session 18: a mid-grey background and each
+    object's move spread over its whole visibility window (a median 2.7 px per frame at 1 fps). A from-scratch tower
+    learned an object's direction only from ~4 px (half a patch) per sampled frame on, on backgrounds far from the
+    encoder's normalisation mean (`benchmarks/README.md`, motion probe); `MOTION_STYLE` gives it that, and is the
+    generator's `STYLE`: the tower's held-out direction rose from 32% to 74% (`benchmarks/README.md`, "Faster
+    movers on dark backgrounds").
     """
 
     background: str = "mid"  # a key of BACKGROUNDS
@@ -62,9 +62,9 @@ class SceneStyle:
             raise ValueError(f"speed must be 0 < lo <= hi frame sides per second, got {self.speed}")
 
 
-STYLE = SceneStyle()  # what the generator, the tower's pre-training and the evaluation draw
 # objects move 8-12% of the frame side per second until they have covered their distance, then stand still
 MOTION_STYLE = SceneStyle(background="dark", speed=(0.08, 0.12))
+STYLE = MOTION_STYLE  # what the generator, the tower's pre-training and the evaluation draw
 
 
 @dataclass

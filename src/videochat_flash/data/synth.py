@@ -113,8 +113,15 @@ _MULTI_TURN_POOLS = ("single", "short", "long", "niah")
 # are few (one question each) against ~7 questions per short/long video; once each they were ~1.5% of stage 3
 # and the demo's NIAH accuracy fell to 15%.
 NIAH_REPEAT = 4
+# Count questions listed this many times in stages 3 and 4: once each, the LLM drifted to answering them with a
+# caption ("First, a small ...", whose last sentence holds the count) and count accuracy fell from 60% to 23%
+# through stages 3-4 of the motion-style build; listed 3x it stayed at 62% (benchmarks/README.md, session 18).
+COUNT_REPEAT = 3
 _STAGE3 = (
-    [("short", t) for t in _SHORT_TASKS] + [("long", t) for t in _SHORT_TASKS] + [("niah", "niah")] * NIAH_REPEAT
+    [("short", t) for t in _SHORT_TASKS]
+    + [("long", t) for t in _SHORT_TASKS]
+    + [(pool, "mc_count") for pool in ("short", "long")] * (COUNT_REPEAT - 1)
+    + [("niah", "niah")] * NIAH_REPEAT
 )
 # stage -> (pool, task) annotation files in the mixture
 STAGES: dict[str, list[tuple[str, str]]] = {
@@ -127,6 +134,12 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # (each video's questions as one multi-turn conversation: the visual tokens, ~80% of a sample's compute, are
     # paid once for ~7 questions; with one question per sample the LLM saw ~3x fewer answers in the same time)
     "stage0_mc": [("single", MULTI_TURN_TASK)] * 2 + [("short", MULTI_TURN_TASK)],
+    # the demo's direction phase after it: direction questions of one-shape and short videos, with a replay of the
+    # MC phase. The tower's codes carry direction only on the clips where an object moves (colour on every token),
+    # and the LLM stayed at chance on it through `stage0_mc`; trained on direction alone it learned it and forgot
+    # the rest, with the replay it kept both (benchmarks/README.md, session 18)
+    "stage0_dir": [(pool, "mc_direction") for pool in ("single", "short")]
+    + [(pool, MULTI_TURN_TASK) for pool in ("single", "short")],
     # the demo's needle phase after it: needle videos (both needle questions in one conversation) half of the
     # samples, the rest a replay of the MC phase so that the subject copy learned there is kept. (In stage 3 alone,
     # ~8% of 2,400 samples, the LLM stayed at chance on the needle; mixed into the MC phase from its start, the

@@ -30,6 +30,7 @@ CODES_STAGE = "stage0_codes"  # the connector distilled onto attribute codes (`c
 STAGES = {
     "stage0_scratch": "stage0",
     "stage0_mc": "stage0_mc",
+    "stage0_dir": "stage0_dir",
     "stage0_niah": "stage0_niah",
     "stage1_connector": "stage1",
     "stage2_short": "stage2",
@@ -641,7 +642,7 @@ def evaluate_demo(model_dir: Path, work: Path, eval_seed: int, num_samples: int,
 
 
 def write_model_card(model_dir: Path, report: dict) -> None:
-    from ..data.synth import NIAH_REPEAT
+    from ..data.synth import COUNT_REPEAT, NIAH_REPEAT
 
     threads = report.get("threads", 1)
     lines = [
@@ -656,8 +657,10 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "the evaluation below says how much of it the model has actually learned.",
         "",
         "What it sees: 64 px videos at 1 frame per second (so `chat`'s sampling, at least 64 frames or all of them,",
-        "matches training), five colours (red, green, blue, yellow, white) and five shapes on mid-grey textured",
-        "backgrounds. Multiple-choice questions list the question type's whole answer vocabulary in a fixed order",
+        "matches training), five colours (red, green, blue, yellow, white) and five shapes on dark textured",
+        "backgrounds; each object moves at its own speed (8–12% of the frame side a second) in one direction until",
+        "it has covered its distance, then stands still (`data.shapes.STYLE`). Multiple-choice questions list the",
+        "question type's whole answer vocabulary in a fixed order",
         "(e.g. always `(A) red (B) green (C) blue (D) yellow (E) white`), so a letter names an answer; the model is",
         "not trained to match shuffled options (its LLM did not learn that skill within the CPU hour). The options",
         "come first and the question last; answers give the value, then its letter (`Answer: green (B).`). A",
@@ -683,12 +686,15 @@ def write_model_card(model_dir: Path, report: dict) -> None:
         "Stage 0 then trains the LLM on that frozen tower and connector (one-shape videos and 1–4-shape scenes), and",
         "`stage0_mc` continues it on their multiple-choice questions alone, each video's questions as one multi-turn",
         "conversation so its visual tokens serve all of them (in the mixed stage an answer letter is one supervised",
-        "token against a caption's ~30, and the LLM stayed near chance on colour questions). `stage0_niah` ends",
+        "token against a caption's ~30, and the LLM stayed near chance on colour questions). `stage0_dir` adds",
+        "direction questions with a replay of `stage0_mc` (the tower's codes hold a direction only on the clips where",
+        "the object moves, and the LLM stayed at chance on it through `stage0_mc`). `stage0_niah` ends",
         "stage 0 on needle videos (half of its samples, both needle questions in one conversation, every second of",
         "the video: up to 64 frames), the other half a replay of `stage0_mc`: mixed into `stage0_mc` from its start",
         "the needle was learned but which object a question names was not. Stage 1",
         "aligns the connector on captions, stage 2 tunes all parts on short scenes, stage 3 adds 16–48 s videos with",
-        f"2–5 shapes, grounding and needles (needle videos listed {NIAH_REPEAT}x in the mixture), and stage 4 raises",
+        f"2–5 shapes, grounding and needles (needle videos listed {NIAH_REPEAT}x in the mixture, count questions",
+        f"{COUNT_REPEAT}x: once each, the model drifted to answering them with a caption), and stage 4 raises",
         "the resolution to 96 px (LLM frozen).",
         "",
         "## Reproduce",
