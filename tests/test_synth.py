@@ -132,9 +132,9 @@ def test_layout_yaml_and_manifest(data):
     stage3 = [Path(e["json_path"]).name for e in yaml.safe_load((data / "stage3.yaml").read_text())["datasets"]]
     assert {"long_grounding.jsonl", "niah_niah.jsonl", "short_mc_color.jsonl"} <= set(stage3)
     # up-sampled by listing: needles and counts; every other file once
-    repeats = {"niah_niah.jsonl": synth.NIAH_REPEAT, "short_mc_count.jsonl": synth.COUNT_REPEAT}
-    repeats["long_mc_count.jsonl"] = synth.COUNT_REPEAT
-    assert synth.NIAH_REPEAT > 1 and synth.COUNT_REPEAT > 1
+    repeats = {"niah_niah.jsonl": synth.NIAH_REPEAT}
+    repeats |= {f"{pool}_mc_count.jsonl": synth.COUNT_REPEAT for pool in ("short", "long")}
+    assert min(repeats.values()) > 1
     assert all(stage3.count(name) == repeats.get(name, 1) for name in stage3)
     with av.open(str(data / "videos/short/000000.mp4")) as c:
         s = c.streams.video[0]

@@ -4,9 +4,9 @@
 
 1. synthetic moving-shape videos + annotations (`videochat_flash.data.synth`), one mixture per stage;
 2. a byte-level BPE tokenizer with the Qwen special tokens, trained on the annotation texts;
-3. the recipes in ``recipes/demo/`` (the tower's dense pre-training, stage 0 from scratch and its
-   multiple-choice phase, then the paper's stages 1–4), each stage starting from the previous one's checkpoint,
-   trained by the same trainer as the real recipes;
+3. the recipes in ``recipes/demo/`` (the tower's dense pre-training, the connector's attribute codes, stage 0
+   from scratch and its multiple-choice, direction and needle phases, then the paper's stages 1–4), each stage
+   starting from the previous one's checkpoint, trained by the same trainer as the real recipes;
 4. the final checkpoint copied to ``--out`` with an example video, evaluated on held-out seeds with and
    without video-level compression, and a model card (README.md) holding the table and the commands.
 
