@@ -227,8 +227,8 @@ def _bilinear_upsample(grid: np.ndarray, size: int) -> np.ndarray:
 def make_background(rng: np.random.Generator, size: int, kind: str = "mid") -> np.ndarray:
     """Low-saturation texture: a base tint (`BACKGROUNDS` grey range), smooth blobs and fine static grain.
 
-    ``"mid"`` (the installed demo model's) sits near the encoder's normalisation mean, where a from-scratch tower
-    never learned motion. On ``"dark"`` the demo's dense pre-training learned shapes as well (98% of held-out
+    ``"mid"`` (the demo models' up to session 18) sits near the encoder's normalisation mean, where a from-scratch
+    tower never learned motion. On ``"dark"`` the demo's dense pre-training learned shapes as well (98% of held-out
     objects against 99.5%) and motion to 74% (`SceneStyle`).
     """
     base = rng.uniform(*BACKGROUNDS[kind]) + rng.uniform(-12, 12, size=3)

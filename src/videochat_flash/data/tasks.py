@@ -241,7 +241,9 @@ def absent_record(scene: Scene, task: str, subject: str, rid: str, video: str, *
     answer = f"The {subject}{'' if task == 'mc_color' else ' shape'} is not in the video."
     question = per_object_question(task, subject)
     prompt = mc_prompt(question, options)
-    return make_record(rid, video, prompt, answer, task, question=question, options=options, subject=subject, absent=True, **extra)
+    return make_record(
+        rid, video, prompt, answer, task, question=question, options=options, subject=subject, absent=True, **extra
+    )
 
 
 def subject_records(
