@@ -20,7 +20,7 @@ from videochat_flash.errors import ConfigError
 from videochat_flash.inference.generate import GenerationConfig, generate
 from videochat_flash.model import compress
 from videochat_flash.model.kv_cache import KVCache
-from videochat_flash.model.qwen2 import Qwen2ForCausalLM
+from videochat_flash.model.qwen2 import Qwen2ForCausalLM, is_right_padded
 
 CASES = ["case_a_res224_nocompress", "case_b_res448_compress", "case_c_image"]
 ATOL = 1e-4
@@ -262,6 +262,27 @@ def test_training_loss_matches_transformers_with_padding():
     assert torch.equal(out_labels, labels)
     assert (logits[mask] - want.logits[mask]).abs().max() <= ATOL
     assert abs(loss.item() - want.loss.item()) <= 1e-5
+
+
+def test_right_padded_batch_gives_each_sample_its_unpadded_logits():
+    """`forward` runs right-padded batches on SDPA's causal kernel, without a padding mask: real tokens must
+    still get exactly what they get alone."""
+    llm = random_llm(tiny_config())
+    x = torch.randn(3, 24, 64, generator=torch.Generator().manual_seed(5))
+    lengths = (24, 17, 9)
+    mask = torch.arange(24)[None] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        batched, _, _ = llm(x, attention_mask=mask)
+        for b, n in enumerate(lengths):
+            alone, _, _ = llm(x[b : b + 1, :n])
+            assert (batched[b, :n] - alone[0]).abs().max() <= 1e-5, b
+
+
+def test_is_right_padded():
+    assert is_right_padded(torch.tensor([[True, True, False], [True, False, False]]))
+    assert is_right_padded(torch.ones(2, 4, dtype=torch.bool))
+    assert not is_right_padded(torch.tensor([[False, True, True]]))  # left padding: the full mask is built
+    assert not is_right_padded(torch.tensor([[True, False, True]]))
 
 
 # ---------------------------------------------------------------------- invariants

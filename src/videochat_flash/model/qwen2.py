@@ -334,7 +334,10 @@ class Qwen2ForCausalLM(nn.Module):
 
         for i, layer in enumerate(self.model.layers):
             cos, sin = self._rope(0, x.shape[1], x)
-            attn_mask = None if mask is None or bool(mask.all()) else padded_causal_mask(mask)
+            # Right padding (what batches hold): under the causal mask alone no real token sees a pad, so
+            # SDPA's causal kernel serves without a [B, 1, L, L] mask; only pad rows differ, and nothing
+            # reads them (`benchmarks/bench_padded_attention.py`).
+            attn_mask = None if mask is None or is_right_padded(mask) else padded_causal_mask(mask)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, attn_mask, use_reentrant=False)
             else:
@@ -424,6 +427,11 @@ class Qwen2ForCausalLM(nn.Module):
             if new_labels is not None:
                 new_labels[b, :n] = rows_labels[b]
         return out, new_mask, new_labels, new_vis
+
+
+def is_right_padded(mask: torch.Tensor) -> bool:
+    """Whether each row of a [B, L] bool mask of real tokens is real tokens, then padding (none after a pad)."""
+    return not bool((mask[:, 1:] & ~mask[:, :-1]).any())
 
 
 def padded_causal_mask(mask: torch.Tensor) -> torch.Tensor:
