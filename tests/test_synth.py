@@ -224,14 +224,14 @@ def test_direction_phase_mixture_replays_the_mc_phase(data):
     ]
 
 
-def test_needle_phase_mixture_is_half_needles_and_replays_the_mc_phase(data):
+def test_needle_phase_mixture_replays_the_mc_phase_and_adds_long_videos(data):
     mix = yaml.safe_load((data / "stage0_niah.yaml").read_text())["datasets"]
     assert [Path(e["json_path"]).name for e in mix] == [
         f"niah_{MULTI_TURN_TASK}.jsonl",
         f"niah_{MULTI_TURN_TASK}.jsonl",
         f"single_{MULTI_TURN_TASK}.jsonl",
         f"short_{MULTI_TURN_TASK}.jsonl",
-    ]
+    ] + [f"long_{MULTI_TURN_TASK}.jsonl"] * synth.LONG_MC_REPEAT
 
 
 def test_multi_turn_records_ask_every_question_of_their_video(data, records, absent_records, multi_records):

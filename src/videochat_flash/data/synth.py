@@ -117,6 +117,11 @@ NIAH_REPEAT = 4
 # caption ("First, a small ...", whose last sentence holds the count) and count accuracy fell from 60% to 23%
 # through stages 3-4 of the motion-style build; listed 3x it stayed at 62% (benchmarks/README.md, session 18).
 COUNT_REPEAT = 3
+# Long videos' multi-turn records listed this many times in the needle phase (`stage0_niah`), the one stage-0 phase
+# that sees up to 64 frames. Without them the LLM met 16-48 s scenes of 2-5 shapes only in stage 3: the installed
+# model counted short scenes right 30 of 31 times and long ones 8 of 29, never answering 4 or 5. On ideal visual
+# tokens the same LLM learns counts of short and long scenes together to 98% (`benchmarks/probe_temporal.py`).
+LONG_MC_REPEAT = 3
 _STAGE3 = (
     [("short", t) for t in _SHORT_TASKS]
     + [("long", t) for t in _SHORT_TASKS]
@@ -144,7 +149,10 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # samples, the rest a replay of the MC phase so that the subject copy learned there is kept. (In stage 3 alone,
     # ~8% of 2,400 samples, the LLM stayed at chance on the needle; mixed into the MC phase from its start, the
     # needle was learned but the subject copy was not, in two builds.)
-    "stage0_niah": [("niah", MULTI_TURN_TASK)] * 2 + [("single", MULTI_TURN_TASK), ("short", MULTI_TURN_TASK)],
+    # (long videos' questions join the replay, `LONG_MC_REPEAT`: no earlier stage-0 phase shows them)
+    "stage0_niah": [("niah", MULTI_TURN_TASK)] * 2
+    + [("single", MULTI_TURN_TASK), ("short", MULTI_TURN_TASK)]
+    + [("long", MULTI_TURN_TASK)] * LONG_MC_REPEAT,
     "stage1": [("short", "caption")],
     "stage2": [("short", "caption")] + [("short", t) for t in MC_TASKS] + [("single", t) for t in _SINGLE_QA],
     "stage3": _STAGE3,
