@@ -2,7 +2,7 @@
 
 `Qwen2ForCausalLM.forward` used to build a [B, 1, L, L] mask for every padded batch, which sends SDPA on CPU
 to its generic kernel. Right padding needs no mask: under the causal one no real token sees a later pad. This
-times forward + backward of the demo model's LLM (width 128, 4 layers, vocabulary 576) on batches shaped like
+times forward + backward of the bundled demo model's LLM shape (its config.json) on batches shaped like
 the demo's stage-0 phases (8 samples, lengths drawn from the given range), both ways, alternating, in one run.
 
     python benchmarks/bench_padded_attention.py --threads 2 --readme
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import append_readme, command_line, machine_line, markdown_table  # noqa: E402
 
-from videochat_flash.config import Qwen2Config  # noqa: E402
+from videochat_flash.cli import DEFAULT_MODEL_DIR  # noqa: E402
+from videochat_flash.config import VideoChatFlashConfig  # noqa: E402
 from videochat_flash.model import qwen2  # noqa: E402
 from videochat_flash.model.init import init_weights_  # noqa: E402
 
@@ -51,15 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--readme", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = Qwen2Config(
-        vocab_size=576,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    cfg = VideoChatFlashConfig.from_json_file(DEFAULT_MODEL_DIR / "config.json").llm  # the demo's LLM
     llm = qwen2.Qwen2ForCausalLM(cfg)
     init_weights_(llm, seed=0)
     lo, hi = (int(v) for v in args.lengths.split(","))
@@ -67,8 +60,8 @@ def main(argv=None) -> int:
     lengths = torch.randint(lo, hi + 1, (8,), generator=g)
     length = int(lengths.max())
     mask = torch.arange(length)[None] < lengths[:, None]
-    x = torch.randn(8, length, 128, generator=g)
-    labels = torch.randint(0, 576, (8, length), generator=g).masked_fill(~mask, -100)
+    x = torch.randn(8, length, cfg.hidden_size, generator=g)
+    labels = torch.randint(0, cfg.vocab_size, (8, length), generator=g).masked_fill(~mask, -100)
     times = {"padding mask": [], "causal kernel": []}
     for _ in range(2):  # warm-up
         step_seconds(llm, x, mask, labels, True)

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from videochat_flash.config import Qwen2Config
-from videochat_flash.data.dense import MOTION_CLASSES, ONSET_CLASSES, _moves, _onset_class
+from videochat_flash.data.dense import MOTION_CLASSES, _moves, _onset_class
 from videochat_flash.data.shapes import COLORS, DIRECTIONS, SHAPES, sample_scene
 from videochat_flash.model.init import init_weights_
 from videochat_flash.model.qwen2 import Qwen2ForCausalLM
+from videochat_flash.train.connector_codes import attribute_tables
 
 TOKENS_PER_FRAME = 16
 CLIP = 4
@@ -88,21 +89,6 @@ WORDS = (
 )
 VOCAB = {w: i for i, w in enumerate(WORDS)}
 SYSTEM = ["<sys>", "sys1", "sys2", "sys3", "<eot>", "<user>"]
-
-
-def codes(dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    tables = {}
-    for name, classes in (
-        ("color", ("bg", *COLORS)),
-        ("shape", ("bg", *SHAPES)),
-        ("motion", MOTION_CLASSES),
-        ("onset", ONSET_CLASSES),
-    ):
-        t = torch.randn(len(classes), dim, generator=g)
-        t[0] = 0
-        tables[name] = t
-    return tables
 
 
 def draw_scene(rng: np.random.Generator, long_share: float):
@@ -240,7 +226,7 @@ def main(argv=None) -> int:
     )
     model = Qwen2ForCausalLM(cfg)
     init_weights_(model, seed=args.seed)
-    tables = codes(args.hidden)
+    tables = attribute_tables(("color", "shape", "motion", "onset"), args.hidden, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warm = max(1, int(0.03 * args.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
