@@ -13,7 +13,11 @@ value, teacher-forced.
 
     OMP_NUM_THREADS=1 python benchmarks/probe_temporal.py --steps 1500 --variant base   # 32 min, 1 core
 
-``--variant enumerate`` answers count and order questions by first listing the shapes in order of appearance.
+``--variant enumerate`` answers count and order questions by first listing the shapes in order of appearance;
+``--variant echo`` starts direction and order answers with what the question names (the object, or "first"/"last"),
+as `data.tasks` now does. ``--always-moving`` puts the direction code on every clip of an object (as if it never
+stood still); ``--last-share`` is the share of order questions asking "last"; ``--with-shape`` adds the real data's
+shape questions ("Which shape is red?" -> "red square"), whose answers start like echoed direction answers.
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
 """
 
@@ -100,14 +104,15 @@ def draw_scene(rng: np.random.Generator, long_share: float):
     )
 
 
-def visual_tokens(scene, tables, rng: np.random.Generator, noise: float) -> torch.Tensor:
+def visual_tokens(scene, tables, rng: np.random.Generator, noise: float, always_moving: bool) -> torch.Tensor:
     frames = max(CLIP, scene.num_frames // CLIP * CLIP)
     dim = tables["color"].shape[1]
     out = torch.zeros(frames, TOKENS_PER_FRAME, dim)
     for c0 in range(0, frames, CLIP):
         ids = list(range(c0, c0 + CLIP))
         for o in scene.objects:
-            motion = MOTION_CLASSES.index(o.direction if _moves(o, ids) else "still")
+            moving = always_moving or _moves(o, ids)
+            motion = MOTION_CLASSES.index(o.direction if moving else "still")
             onset = _onset_class(o.start_frame, c0)
             code = (
                 tables["color"][COLORS.index(o.color) + 1]
@@ -125,18 +130,21 @@ def visual_tokens(scene, tables, rng: np.random.Generator, noise: float) -> torc
     return out + noise * torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32))
 
 
-def questions(scene, rng: np.random.Generator, variant: str) -> list[tuple[str, list[str], list[str], str]]:
+def questions(scene, rng: np.random.Generator, variant: str, last_share: float, with_shape: bool) -> list[tuple[str, list[str], list[str], str]]:
     """(task, question words, answer words, scored value) per question the scene allows."""
     objs = scene.objects
     out = []
     o = objs[int(rng.integers(len(objs)))]
     out.append(("color", ["What", "color", "is", "the", o.shape, "?"], [o.shape, o.color], o.color))
+    if with_shape:  # "Which shape is red?" -> "red square", as the real data asks
+        s = objs[int(rng.integers(len(objs)))]
+        out.append(("shape", ["Which", "shape", "is", s.color, "?"], [s.color, s.shape], s.shape))
     d = objs[int(rng.integers(len(objs)))]
     out.append(
         (
             "direction",
             ["In", "which", "direction", "does", "the", d.color, d.shape, "move", "?"],
-            ["Answer:", d.direction],
+            [d.color, d.shape, d.direction] if variant == "echo" else ["Answer:", d.direction],
             d.direction,
         )
     )
@@ -148,11 +156,13 @@ def questions(scene, rng: np.random.Generator, variant: str) -> list[tuple[str, 
         out.append(("count", ["How", "many", "shapes", "appear", "?"], ans, str(len(objs))))
     starts = [x.start_frame for x in objs]
     if len(objs) >= 2 and len(set(starts)) == len(starts):
-        last = bool(rng.random() < 0.3)
+        last = bool(rng.random() < last_share)
         t = objs[-1] if last else objs[0]
         q = ["What", "color", "is", "the", "shape", "that", "appeared", "last" if last else "first", "?"]
         if variant == "enumerate":
             ans = [w for x in objs for w in (x.color, x.shape)] + ["then", t.color]
+        elif variant == "echo":  # the answer starts by naming what is asked: "last red"
+            ans = ["last" if last else "first", t.color]
         else:
             ans = ["Answer:", t.color]
         out.append(("order_last" if last else "order_first", q, ans, t.color))
@@ -160,17 +170,19 @@ def questions(scene, rng: np.random.Generator, variant: str) -> list[tuple[str, 
     return out
 
 
-def build(scene, tables, rng, noise, variant):
+def build(scene, tables, rng, args):
     """One sample: (token ids with zeros where the video goes, labels, visual tokens, where they start,
     the scored answers as (task, first answer position, answer length))."""
-    vis = visual_tokens(scene, tables, rng, noise)
+    vis = visual_tokens(scene, tables, rng, args.noise, args.always_moving)
     ids, scored = [VOCAB[w] for w in SYSTEM], []
     labels = [-100] * len(ids)
     vis_at = len(ids)
     ids += [0] * vis.shape[0]
     labels += [-100] * vis.shape[0]
-    for k, (task, q, ans, value) in enumerate(questions(scene, rng, variant)):
-        opts = {"color": COLORS, "direction": DIRECTIONS, "count": COUNTS}.get(task.split("_")[0], COLORS)
+    for k, (task, q, ans, value) in enumerate(questions(scene, rng, args.variant, args.last_share, args.with_shape)):
+        opts = {"color": COLORS, "shape": SHAPES, "direction": DIRECTIONS, "count": COUNTS}.get(
+            task.split("_")[0], COLORS
+        )
         prompt = ([] if k == 0 else ["<user>"]) + ["Option:"]
         for i, w in enumerate(opts):
             prompt += [f"({'ABCDE'[i]})", w]
@@ -208,7 +220,12 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--noise", type=float, default=0.7)
     p.add_argument("--long-share", type=float, default=0.3)
-    p.add_argument("--variant", default="base", choices=("base", "enumerate"))
+    p.add_argument("--variant", default="base", choices=("base", "enumerate", "echo"))
+    p.add_argument("--last-share", type=float, default=0.3, help="share of order questions asking 'last'")
+    p.add_argument(
+        "--always-moving", action="store_true", help="every visible clip carries the direction code (no 'still')"
+    )
+    p.add_argument("--with-shape", action="store_true", help="also ask 'Which shape is red?' as the real data does")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=250)
@@ -235,14 +252,14 @@ def main(argv=None) -> int:
     train_rng = np.random.default_rng(args.seed + 1)
     held = np.random.default_rng(10_000)
     held_out = [
-        build(draw_scene(held, args.long_share), tables, held, args.noise, args.variant) for _ in range(160)
+        build(draw_scene(held, args.long_share), tables, held, args) for _ in range(160)
     ]
     t0 = time.time()
     print(f"# {vars(args)}", flush=True)
     for step in range(1, args.steps + 1):
         model.train()
         samples = [
-            build(draw_scene(train_rng, args.long_share), tables, train_rng, args.noise, args.variant)
+            build(draw_scene(train_rng, args.long_share), tables, train_rng, args)
             for _ in range(args.batch)
         ]
         emb, lab, mask = batch(samples, model)

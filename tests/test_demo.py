@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from videochat_flash import VideoChatFlash
+from videochat_flash.data.synth import ANNOTATIONS_VERSION
 from videochat_flash.inference.cache import TokenCache
 from videochat_flash.train.demo import (
     DATA,
@@ -148,8 +149,15 @@ def test_cached_data_of_another_seed_or_size_is_not_reused():
         "long_seconds": [16, 48],
         "videos": {"single": 8, "short": 8, "long": 2, "niah": 2},
         "style": {"background": "dark", "speed": [0.08, 0.12]},  # data.shapes.STYLE
+        "annotations_version": ANNOTATIONS_VERSION,
     }
     assert data_mismatches(manifest, 3, sizes) == []
+    reworded = {**manifest, "annotations_version": ANNOTATIONS_VERSION + 1}  # answers worded differently
+    assert data_mismatches(reworded, 3, sizes) == [
+        f"annotations_version {ANNOTATIONS_VERSION + 1} != {ANNOTATIONS_VERSION}"
+    ]
+    unversioned = {k: v for k, v in manifest.items() if k != "annotations_version"}  # written before the field
+    assert data_mismatches(unversioned, 3, sizes) == data_mismatches({**unversioned, "annotations_version": 1}, 3, sizes)
     other_look = {**manifest, "style": {"background": "mid", "speed": None}}  # the look of builds up to session 18
     assert data_mismatches(other_look, 3, sizes) == [
         "style {'background': 'mid', 'speed': None} != {'background': 'dark', 'speed': [0.08, 0.12]}"

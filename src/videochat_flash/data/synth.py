@@ -72,6 +72,10 @@ __all__ = [
     "write_mp4",
 ]
 
+# The annotations' wording, kept in the manifest: bump it when a seed's records change text (answers, questions)
+# so that a cached dataset is generated again; datasets written before the field existed have wording 1.
+ANNOTATIONS_VERSION = 1
+
 DEFAULTS = {
     "num_samples": 800,  # short videos; long = num_samples // 4, niah = num_samples // 8
     "size": 128,
@@ -560,6 +564,7 @@ def generate_dataset(
         "needle_seconds": needle_seconds,
         "haystack": haystack,
         "style": asdict(STYLE),  # how the scenes look and move (`shapes.SceneStyle`)
+        "annotations_version": ANNOTATIONS_VERSION,
         "longest_video_seconds": float(long_seconds[1] if "long" in _pools_for(stages) else short_seconds[1]),
         "videos": {p: counts[p] for p in _pools_for(stages)},
         "annotations": files,

@@ -206,6 +206,9 @@ def make_data(work: Path, seed: int, scale: float) -> tuple[Path, bool]:
 
 def data_mismatches(manifest: dict, seed: int, sizes: dict) -> list[str]:
     """What a generated dataset (its manifest) has that this build would generate differently."""
+    from ..data.synth import ANNOTATIONS_VERSION
+
+    manifest = {"annotations_version": 1, **manifest}  # written before the field existed: the first wording
     wanted = {
         "seed": seed,
         "size": sizes["size"],
@@ -219,6 +222,7 @@ def data_mismatches(manifest: dict, seed: int, sizes: dict) -> list[str]:
             "niah": sizes["num_niah"],
         },
         "style": scene_style(),
+        "annotations_version": ANNOTATIONS_VERSION,
     }
     return [f"{key} {manifest.get(key)} != {value}" for key, value in wanted.items() if manifest.get(key) != value]
 
