@@ -92,7 +92,7 @@ class SceneObject:
         return self.start_frame <= frame < self.end_frame
 
     def position(self, frame: int) -> tuple[float, float]:
-        return object_position(asdict(self), frame)
+        return object_position(vars(self), frame)  # its fields as they are (asdict deep-copies: slow per frame)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -281,12 +281,19 @@ def _track(o: SceneObject, frames: np.ndarray) -> np.ndarray:
     return np.array([o.x0, o.y0]) + a * np.array([o.x1 - o.x0, o.y1 - o.y0])
 
 
-def _collides(a: SceneObject, b: SceneObject) -> bool:
+def _window_track(o: SceneObject) -> np.ndarray:
+    """`_track` over the object's whole visibility window, computed once per object for `_collides`."""
+    return _track(o, np.arange(o.start_frame, o.end_frame))
+
+
+def _collides(a: SceneObject, ta: np.ndarray, b: SceneObject, tb: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` come within their radii + 4 px on a frame both show (``ta``, ``tb``: their
+    `_window_track`; each frame's position is computed on its own, so a slice equals the track of those frames)."""
     f0, f1 = max(a.start_frame, b.start_frame), min(a.end_frame, b.end_frame)
     if f0 >= f1:
         return False
-    frames = np.arange(f0, f1)
-    d = np.linalg.norm(_track(a, frames) - _track(b, frames), axis=1)
+    da = ta[f0 - a.start_frame : f1 - a.start_frame]
+    d = np.linalg.norm(da - tb[f0 - b.start_frame : f1 - b.start_frame], axis=1)
     return bool((d < a.radius + b.radius + 4).any())
 
 
@@ -351,6 +358,7 @@ def sample_scene(
 def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale, speed) -> list[SceneObject]:
     max_len = min(16.0, max(4.0, duration / 2))
     objects: list[SceneObject] = []
+    tracks: list[np.ndarray] = []  # `_window_track` of each placed object
     for shape, color, start in zip(shapes, colors, starts, strict=True):
         if kind == "motion":
             end = duration
@@ -394,8 +402,12 @@ def _layout(rng, shapes, colors, starts, duration, fps, size, kind, scale, speed
                 y1=y1,
                 move_frames=moved,
             )
-            if obj.end_frame > obj.start_frame and not any(_collides(obj, o) for o in objects):
+            if obj.end_frame <= obj.start_frame:
+                continue
+            track = _window_track(obj)
+            if not any(_collides(obj, track, o, t) for o, t in zip(objects, tracks, strict=True)):
                 objects.append(obj)
+                tracks.append(track)
                 break
     return objects
 
