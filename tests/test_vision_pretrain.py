@@ -261,26 +261,3 @@ def test_motion_warmup_trains_the_motion_heads_alone_first(tmp_path):
     losses = [set(row) - {"step", "seconds"} for row in history]
     assert losses[0] == losses[1] == set(MOTION_HEADS)
     assert {"color", "object_shape", "count"} <= losses[2] == losses[3]
-
-
-def test_batches_rendered_in_a_worker_train_the_same_tower(tmp_path):
-    """`pretrain_vision` draws its batches in a DataLoader worker while the tower trains; the streams are seeded and
-    read in one order, so the weights equal those of batches drawn in the training process."""
-    torch.set_num_threads(1)
-    cfg = VisionPretrainConfig(
-        steps=4,
-        batch_size=4,
-        frame_size=32,
-        image_sizes=(32, 48),
-        eval_clips=4,
-        init_clips=8,
-        motion_warmup_steps=2,
-        log_every=2,
-        seed=5,
-    )
-    weights = {}
-    for workers in (0, 1):
-        pretrain_vision(TINY_TOWER, tmp_path / f"w{workers}.pt", cfg, progress=False, data_workers=workers)
-        weights[workers] = torch.load(tmp_path / f"w{workers}.pt", weights_only=True)["model"]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

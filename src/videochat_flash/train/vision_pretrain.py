@@ -211,30 +211,6 @@ class ClipStream:
         return out
 
 
-class DenseBatches(torch.utils.data.IterableDataset):
-    """The pre-training's inputs in the order `pretrain_vision` consumes them: with the PCA patch init, first the
-    pixels of ``init_clips`` clips at ``init_size``; then one `make_batch` per step, the motion warm-up's scenes for the first
-    ``motion_warmup_steps`` steps, then the pools', at the step's input size.
-
-    Why a dataset: rendering a batch is single-threaded numpy (~200 ms against ~640 ms of one-thread compute);
-    iterated by a `DataLoader` worker it is drawn while the tower trains on the previous batch. The streams are
-    seeded and read in one order, so the batches are the same with or without the worker."""
-
-    def __init__(self, cfg: VisionPretrainConfig, num_frames: int, patch: int, init_size: int):
-        self.cfg, self.num_frames, self.patch, self.init_size = cfg, num_frames, patch, init_size
-
-    def __iter__(self):
-        cfg = self.cfg
-        stream = ClipStream(cfg.seed, cfg, self.num_frames)
-        motion_stream = ClipStream(cfg.seed + 2, cfg, self.num_frames, motion_only=True)
-        if cfg.patch_init == "pca":
-            yield clip_pixels(stream.take(cfg.init_clips), self.init_size)  # pixels only: no labels needed
-        for step in range(1, cfg.steps + 1):
-            size = cfg.image_sizes[(step - 1) % len(cfg.image_sizes)]
-            warmup = step <= cfg.motion_warmup_steps
-            yield make_batch((motion_stream if warmup else stream).take(cfg.batch_size), size, self.patch)
-
-
 class _Towers:
     """One tower, a position table per input size (the tables are buffers, swapped before each forward)."""
 
@@ -327,31 +303,19 @@ def umt_state_dict(encoder: UMTEncoder) -> dict[str, torch.Tensor]:
 
 
 def pretrain_vision(
-    umt_cfg: UMTConfig,
-    out_path: str | Path,
-    cfg: VisionPretrainConfig,
-    progress: bool = True,
-    data_workers: int = 1,
+    umt_cfg: UMTConfig, out_path: str | Path, cfg: VisionPretrainConfig, progress: bool = True
 ) -> dict:
-    """Train a fresh tower with dense heads, write ``out_path`` (UMT ``.pt``) and ``<out_path>.json`` (metrics).
-
-    ``data_workers``: 1 renders the batches in a worker process while the tower trains, 0 in this process; the
-    weights are the same either way."""
+    """Train a fresh tower with dense heads, write ``out_path`` (UMT ``.pt``) and ``<out_path>.json`` (metrics)."""
     out_path = Path(out_path)
     torch.manual_seed(cfg.seed)
     encoder = UMTEncoder(umt_cfg)
     init_weights_(encoder, seed=cfg.seed)
     fan_in_mlp_(encoder, seed=cfg.seed)
-    batches = iter(
-        torch.utils.data.DataLoader(
-            DenseBatches(cfg, umt_cfg.num_frames, umt_cfg.patch_size, umt_cfg.image_size),
-            batch_size=None,
-            num_workers=data_workers,
-            prefetch_factor=2 if data_workers else None,
-        )
-    )
+    stream = ClipStream(cfg.seed, cfg, umt_cfg.num_frames)
+    motion_stream = ClipStream(cfg.seed + 2, cfg, umt_cfg.num_frames, motion_only=True)
     if cfg.patch_init == "pca":
-        whiten_patch_embedding_(encoder, next(batches), gain=cfg.patch_init_gain)
+        sample = clip_pixels(stream.take(cfg.init_clips), umt_cfg.image_size)  # pixels only: no labels needed
+        whiten_patch_embedding_(encoder, sample, gain=cfg.patch_init_gain)
     heads = DenseHeads(umt_cfg.hidden_size)
     init_weights_(heads, seed=cfg.seed + 1)
     params = list(encoder.parameters()) + list(heads.parameters())
@@ -369,8 +333,10 @@ def pretrain_vision(
     running: dict[str, tuple[float, int]] = {}  # loss -> (sum, steps) since the last log row
     started = time.time()
     for step in range(1, cfg.steps + 1):
+        size = cfg.image_sizes[(step - 1) % len(cfg.image_sizes)]
         warmup = step <= cfg.motion_warmup_steps
-        pixels, labels = next(batches)
+        clips = (motion_stream if warmup else stream).take(cfg.batch_size)
+        pixels, labels = make_batch(clips, size, umt_cfg.patch_size)
         losses = dense_losses(heads(towers(pixels), labels["owner"]), labels)
         if warmup:
             losses = {k: v for k, v in losses.items() if k in MOTION_HEADS}
@@ -420,7 +386,6 @@ def pretrain_vision(
 
 __all__ = [
     "ClipStream",
-    "DenseBatches",
     "DenseHeads",
     "VisionPretrainConfig",
     "dense_accuracy",
