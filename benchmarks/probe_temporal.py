@@ -17,7 +17,9 @@ value, teacher-forced.
 ``--variant echo`` starts direction and order answers with what the question names (the object, or "first"/"last"),
 as `data.tasks` now does. ``--always-moving`` puts the direction code on every clip of an object (as if it never
 stood still); ``--last-share`` is the share of order questions asking "last"; ``--with-shape`` adds the real data's
-shape questions ("Which shape is red?" -> "red square"), whose answers start like echoed direction answers.
+shape questions ("Which shape is red?" -> "red square"), whose answers start like echoed direction answers;
+``--every-object`` asks colour and shape of every object too (more turns, as the real records);
+``--long-order-echo`` echoes order with the real data's words ("shape that appeared last red").
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
 """
 
@@ -130,15 +132,20 @@ def visual_tokens(scene, tables, rng: np.random.Generator, noise: float, always_
     return out + noise * torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32))
 
 
-def questions(scene, rng: np.random.Generator, variant: str, last_share: float, with_shape: bool) -> list[tuple[str, list[str], list[str], str]]:
-    """(task, question words, answer words, scored value) per question the scene allows."""
+def questions(scene, rng: np.random.Generator, args: argparse.Namespace) -> list[tuple]:
+    """(task, question words, answer words, scored value) per question the scene allows, as ``args`` ask."""
     objs = scene.objects
     out = []
     o = objs[int(rng.integers(len(objs)))]
     out.append(("color", ["What", "color", "is", "the", o.shape, "?"], [o.shape, o.color], o.color))
-    if with_shape:  # "Which shape is red?" -> "red square", as the real data asks
+    variant = args.variant
+    if args.with_shape:  # "Which shape is red?" -> "red square", as the real data asks
         s = objs[int(rng.integers(len(objs)))]
         out.append(("shape", ["Which", "shape", "is", s.color, "?"], [s.color, s.shape], s.shape))
+    if args.every_object:  # the real data asks colour and shape of every object
+        for x in objs:
+            out.append(("color", ["What", "color", "is", "the", x.shape, "?"], [x.shape, x.color], x.color))
+            out.append(("shape", ["Which", "shape", "is", x.color, "?"], [x.color, x.shape], x.shape))
     d = objs[int(rng.integers(len(objs)))]
     out.append(
         (
@@ -156,13 +163,15 @@ def questions(scene, rng: np.random.Generator, variant: str, last_share: float, 
         out.append(("count", ["How", "many", "shapes", "appear", "?"], ans, str(len(objs))))
     starts = [x.start_frame for x in objs]
     if len(objs) >= 2 and len(set(starts)) == len(starts):
-        last = bool(rng.random() < last_share)
+        last = bool(rng.random() < args.last_share)
         t = objs[-1] if last else objs[0]
         q = ["What", "color", "is", "the", "shape", "that", "appeared", "last" if last else "first", "?"]
         if variant == "enumerate":
             ans = [w for x in objs for w in (x.color, x.shape)] + ["then", t.color]
         elif variant == "echo":  # the answer starts by naming what is asked: "last red"
             ans = ["last" if last else "first", t.color]
+            if args.long_order_echo:  # the real data's words: "shape that appeared last red"
+                ans = ["shape", "that", "appeared", *ans]
         else:
             ans = ["Answer:", t.color]
         out.append(("order_last" if last else "order_first", q, ans, t.color))
@@ -179,7 +188,7 @@ def build(scene, tables, rng, args):
     vis_at = len(ids)
     ids += [0] * vis.shape[0]
     labels += [-100] * vis.shape[0]
-    for k, (task, q, ans, value) in enumerate(questions(scene, rng, args.variant, args.last_share, args.with_shape)):
+    for k, (task, q, ans, value) in enumerate(questions(scene, rng, args)):
         opts = {"color": COLORS, "shape": SHAPES, "direction": DIRECTIONS, "count": COUNTS}.get(
             task.split("_")[0], COLORS
         )
@@ -226,6 +235,8 @@ def main(argv=None) -> int:
         "--always-moving", action="store_true", help="every visible clip carries the direction code (no 'still')"
     )
     p.add_argument("--with-shape", action="store_true", help="also ask 'Which shape is red?' as the real data does")
+    p.add_argument("--every-object", action="store_true", help="also colour and shape of every object (more turns)")
+    p.add_argument("--long-order-echo", action="store_true", help="echo: order answers 'shape that appeared last red'")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=250)
