@@ -14,10 +14,10 @@ value, teacher-forced.
     OMP_NUM_THREADS=1 python benchmarks/probe_temporal.py --steps 1500 --variant base   # 32 min, 1 core
 
 ``--variant enumerate`` answers count and order questions by first listing the shapes in order of appearance;
-``--variant echo`` starts direction and order answers with what the question names (the object, or "first"/"last"),
-as `data.tasks` now does. ``--always-moving`` puts the direction code on every clip of an object (as if it never
-stood still); ``--last-share`` is the share of order questions asking "last"; ``--with-shape`` adds the real data's
-shape questions ("Which shape is red?" -> "red square"), whose answers start like echoed direction answers;
+``--variant echo`` starts direction and order answers with what the question names (the object, or
+"first"/"last"), as session 21's trial of `data.tasks` did. ``--always-moving`` puts the direction code on every
+clip of an object (as if it never stood still); ``--last-share`` is the share of order questions asking "last";
+``--with-shape`` adds the real data's shape questions ("Which shape is red?" -> "red square"), whose answers start like echoed direction answers;
 ``--every-object`` asks colour and shape of every object too (more turns, as the real records);
 ``--long-order-echo`` echoes order with the real data's words ("shape that appeared last red").
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
@@ -235,8 +235,8 @@ def main(argv=None) -> int:
         "--always-moving", action="store_true", help="every visible clip carries the direction code (no 'still')"
     )
     p.add_argument("--with-shape", action="store_true", help="also ask 'Which shape is red?' as the real data does")
-    p.add_argument("--every-object", action="store_true", help="also colour and shape of every object (more turns)")
-    p.add_argument("--long-order-echo", action="store_true", help="echo: order answers 'shape that appeared last red'")
+    p.add_argument("--every-object", action="store_true", help="colour and shape of every object too (more turns)")
+    p.add_argument("--long-order-echo", action="store_true", help="order echoed as 'shape that appeared last red'")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=250)
