@@ -17,9 +17,10 @@ value, teacher-forced.
 ``--variant echo`` starts direction and order answers with what the question names (the object, or
 "first"/"last"), as session 21's trial of `data.tasks` did. ``--always-moving`` puts the direction code on every
 clip of an object (as if it never stood still); ``--last-share`` is the share of order questions asking "last";
-``--with-shape`` adds the real data's shape questions ("Which shape is red?" -> "red square"), whose answers start like echoed direction answers;
-``--every-object`` asks colour and shape of every object too (more turns, as the real records);
-``--long-order-echo`` echoes order with the real data's words ("shape that appeared last red").
+``--with-shape`` adds the real data's shape questions ("Which shape is red?" -> "red square"), whose answers
+start like echoed direction answers; ``--every-object`` asks colour and shape of every object too (more turns,
+as the real records); ``--long-order-echo`` echoes order with the real data's words ("shape that appeared last
+red").
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
 """
 
