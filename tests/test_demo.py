@@ -157,7 +157,8 @@ def test_cached_data_of_another_seed_or_size_is_not_reused():
         f"annotations_version {ANNOTATIONS_VERSION + 1} != {ANNOTATIONS_VERSION}"
     ]
     unversioned = {k: v for k, v in manifest.items() if k != "annotations_version"}  # written before the field
-    assert data_mismatches(unversioned, 3, sizes) == data_mismatches({**unversioned, "annotations_version": 1}, 3, sizes)
+    first_wording = {**unversioned, "annotations_version": 1}
+    assert data_mismatches(unversioned, 3, sizes) == data_mismatches(first_wording, 3, sizes)
     other_look = {**manifest, "style": {"background": "mid", "speed": None}}  # the look of builds up to session 18
     assert data_mismatches(other_look, 3, sizes) == [
         "style {'background': 'mid', 'speed': None} != {'background': 'dark', 'speed': [0.08, 0.12]}"

@@ -121,6 +121,7 @@ def test_same_seed_same_data_different_seed_differs(data, tmp_path):
 def test_layout_yaml_and_manifest(data):
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["videos"] == {"single": 2, "short": 3, "long": 2, "niah": 2}
+    assert manifest["annotations_version"] == synth.ANNOTATIONS_VERSION  # the demo builder's reuse check reads it
     for stage in synth.STAGES:
         mix = yaml.safe_load((data / f"{stage}.yaml").read_text())
         assert mix["datasets"], stage
