@@ -20,7 +20,8 @@ clip of an object (as if it never stood still); ``--last-share`` is the share of
 ``--with-shape`` adds the real data's shape questions ("Which shape is red?" -> "red square"), whose answers
 start like echoed direction answers; ``--every-object`` asks colour and shape of every object too (more turns,
 as the real records); ``--long-order-echo`` echoes order with the real data's words ("shape that appeared last
-red").
+red"); ``--absent N`` adds N questions per video about a shape or colour not in view (answered "<subject> then",
+"then" standing for the real data's "is not in the video").
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
 """
 
@@ -143,6 +144,15 @@ def questions(scene, rng: np.random.Generator, args: argparse.Namespace) -> list
     if args.with_shape:  # "Which shape is red?" -> "red square", as the real data asks
         s = objs[int(rng.integers(len(objs)))]
         out.append(("shape", ["Which", "shape", "is", s.color, "?"], [s.color, s.shape], s.shape))
+    for k in range(args.absent):  # subjects not in view, answered "<subject> then" ("then" stands for "not here")
+        absent_shapes = [x for x in SHAPES if x not in {y.shape for y in objs}]
+        absent_colors = [x for x in COLORS if x not in {y.color for y in objs}]
+        if k % 2 == 0 and absent_shapes:
+            a = absent_shapes[int(rng.integers(len(absent_shapes)))]
+            out.append(("color_absent", ["What", "color", "is", "the", a, "?"], [a, "then"], "then"))
+        elif absent_colors:
+            a = absent_colors[int(rng.integers(len(absent_colors)))]
+            out.append(("shape_absent", ["Which", "shape", "is", a, "?"], [a, "then"], "then"))
     if args.every_object:  # the real data asks colour and shape of every object
         for x in objs:
             out.append(("color", ["What", "color", "is", "the", x.shape, "?"], [x.shape, x.color], x.color))
@@ -236,6 +246,7 @@ def main(argv=None) -> int:
         "--always-moving", action="store_true", help="every visible clip carries the direction code (no 'still')"
     )
     p.add_argument("--with-shape", action="store_true", help="also ask 'Which shape is red?' as the real data does")
+    p.add_argument("--absent", type=int, default=0, help="questions per video about subjects not in view")
     p.add_argument("--every-object", action="store_true", help="colour and shape of every object too (more turns)")
     p.add_argument("--long-order-echo", action="store_true", help="order echoed as 'shape that appeared last red'")
     p.add_argument("--hidden", type=int, default=128)
