@@ -144,9 +144,10 @@ def questions(scene, rng: np.random.Generator, args: argparse.Namespace) -> list
     if args.with_shape:  # "Which shape is red?" -> "red square", as the real data asks
         s = objs[int(rng.integers(len(objs)))]
         out.append(("shape", ["Which", "shape", "is", s.color, "?"], [s.color, s.shape], s.shape))
-    for k in range(args.absent):  # subjects not in view, answered "<subject> then" ("then" stands for "not here")
-        absent_shapes = [x for x in SHAPES if x not in {y.shape for y in objs}]
-        absent_colors = [x for x in COLORS if x not in {y.color for y in objs}]
+    # subjects not in view, answered "<subject> then" ("then" stands for "not here")
+    absent_shapes = [x for x in SHAPES if x not in {y.shape for y in objs}]
+    absent_colors = [x for x in COLORS if x not in {y.color for y in objs}]
+    for k in range(args.absent):
         if k % 2 == 0 and absent_shapes:
             a = absent_shapes[int(rng.integers(len(absent_shapes)))]
             out.append(("color_absent", ["What", "color", "is", "the", a, "?"], [a, "then"], "then"))

@@ -292,8 +292,8 @@ def _collides(a: SceneObject, ta: np.ndarray, b: SceneObject, tb: np.ndarray) ->
     f0, f1 = max(a.start_frame, b.start_frame), min(a.end_frame, b.end_frame)
     if f0 >= f1:
         return False
-    da = ta[f0 - a.start_frame : f1 - a.start_frame]
-    d = np.linalg.norm(da - tb[f0 - b.start_frame : f1 - b.start_frame], axis=1)
+    pa, pb = ta[f0 - a.start_frame : f1 - a.start_frame], tb[f0 - b.start_frame : f1 - b.start_frame]
+    d = np.linalg.norm(pa - pb, axis=1)
     return bool((d < a.radius + b.radius + 4).any())
 
 

@@ -150,10 +150,10 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "stage0_dir": [(pool, "mc_direction") for pool in ("single", "short")]
     + [(pool, MULTI_TURN_TASK) for pool in ("single", "short")],
     # the demo's needle phase after it: needle videos (both needle questions in one conversation; listed twice, about
-    # a quarter of the samples), the rest a replay of the MC phase so that the subject copy learned there is kept.
-    # (In stage 3 alone, ~8% of 2,400 samples, the LLM stayed at chance on the needle; mixed into the MC phase from
-    # its start, the needle was learned but the subject copy was not, in two builds.)
-    # (long videos' questions join the replay, `LONG_MC_REPEAT`: no earlier stage-0 phase shows them)
+    # a quarter of the samples), the rest a replay of the MC phase so that the subject copy learned there is kept,
+    # with long videos' questions (`LONG_MC_REPEAT`: no earlier stage-0 phase shows them). (In stage 3 alone, ~8% of
+    # 2,400 samples, the LLM stayed at chance on the needle; mixed into the MC phase from its start, the needle was
+    # learned but the subject copy was not, in two builds.)
     "stage0_niah": [("niah", MULTI_TURN_TASK)] * 2
     + [("single", MULTI_TURN_TASK), ("short", MULTI_TURN_TASK)]
     + [("long", MULTI_TURN_TASK)] * LONG_MC_REPEAT,
