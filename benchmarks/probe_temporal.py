@@ -21,7 +21,8 @@ clip of an object (as if it never stood still); ``--last-share`` is the share of
 start like echoed direction answers; ``--every-object`` asks colour and shape of every object too (more turns,
 as the real records); ``--long-order-echo`` echoes order with the real data's words ("shape that appeared last
 red"); ``--absent N`` adds N questions per video about a shape or colour not in view (answered "<subject> then",
-"then" standing for the real data's "is not in the video").
+"then" standing for the real data's "is not in the video"); ``--absent-from F`` trains the first F of the steps
+without them (held-out samples always have them).
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
 """
 
@@ -134,8 +135,9 @@ def visual_tokens(scene, tables, rng: np.random.Generator, noise: float, always_
     return out + noise * torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32))
 
 
-def questions(scene, rng: np.random.Generator, args: argparse.Namespace) -> list[tuple]:
-    """(task, question words, answer words, scored value) per question the scene allows, as ``args`` ask."""
+def questions(scene, rng: np.random.Generator, args: argparse.Namespace, absent: int) -> list[tuple]:
+    """(task, question words, answer words, scored value) per question the scene allows, as ``args`` ask, with
+    ``absent`` questions about subjects not in view."""
     objs = scene.objects
     out = []
     o = objs[int(rng.integers(len(objs)))]
@@ -147,7 +149,7 @@ def questions(scene, rng: np.random.Generator, args: argparse.Namespace) -> list
     # subjects not in view, answered "<subject> then" ("then" stands for "not here")
     absent_shapes = [x for x in SHAPES if x not in {y.shape for y in objs}]
     absent_colors = [x for x in COLORS if x not in {y.color for y in objs}]
-    for k in range(args.absent):
+    for k in range(absent):
         if k % 2 == 0 and absent_shapes:
             a = absent_shapes[int(rng.integers(len(absent_shapes)))]
             out.append(("color_absent", ["What", "color", "is", "the", a, "?"], [a, "then"], "then"))
@@ -191,16 +193,17 @@ def questions(scene, rng: np.random.Generator, args: argparse.Namespace) -> list
     return out
 
 
-def build(scene, tables, rng, args):
+def build(scene, tables, rng, args, absent: int | None = None):
     """One sample: (token ids with zeros where the video goes, labels, visual tokens, where they start,
-    the scored answers as (task, first answer position, answer length))."""
+    the scored answers as (task, first answer position, answer length)); ``absent``: as ``args.absent`` if None."""
     vis = visual_tokens(scene, tables, rng, args.noise, args.always_moving)
     ids, scored = [VOCAB[w] for w in SYSTEM], []
     labels = [-100] * len(ids)
     vis_at = len(ids)
     ids += [0] * vis.shape[0]
     labels += [-100] * vis.shape[0]
-    for k, (task, q, ans, value) in enumerate(questions(scene, rng, args)):
+    absent = args.absent if absent is None else absent
+    for k, (task, q, ans, value) in enumerate(questions(scene, rng, args, absent)):
         opts = {"color": COLORS, "shape": SHAPES, "direction": DIRECTIONS, "count": COUNTS}.get(
             task.split("_")[0], COLORS
         )
@@ -248,6 +251,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--with-shape", action="store_true", help="also ask 'Which shape is red?' as the real data does")
     p.add_argument("--absent", type=int, default=0, help="questions per video about subjects not in view")
+    p.add_argument(
+        "--absent-from", type=float, default=0.0, help="share of the steps trained before absent questions start"
+    )
     p.add_argument("--every-object", action="store_true", help="colour and shape of every object too (more turns)")
     p.add_argument("--long-order-echo", action="store_true", help="order echoed as 'shape that appeared last red'")
     p.add_argument("--hidden", type=int, default=128)
@@ -282,8 +288,9 @@ def main(argv=None) -> int:
     print(f"# {vars(args)}", flush=True)
     for step in range(1, args.steps + 1):
         model.train()
+        absent = args.absent if step > args.absent_from * args.steps else 0
         samples = [
-            build(draw_scene(train_rng, args.long_share), tables, train_rng, args)
+            build(draw_scene(train_rng, args.long_share), tables, train_rng, args, absent)
             for _ in range(args.batch)
         ]
         emb, lab, mask = batch(samples, model)
