@@ -22,7 +22,8 @@ start like echoed direction answers; ``--every-object`` asks colour and shape of
 as the real records); ``--long-order-echo`` echoes order with the real data's words ("shape that appeared last
 red"); ``--absent N`` adds N questions per video about a shape or colour not in view (answered "<subject> then",
 "then" standing for the real data's "is not in the video"); ``--absent-from F`` trains the first F of the steps
-without them (held-out samples always have them).
+without them (held-out samples always have them); ``--letters`` ends each answer with its value's option letter,
+as the real answers do (reported as value/letter L/whole answer).
 Results: `benchmarks/README.md`, "Temporal probe". Not a test: never run in CI.
 """
 
@@ -214,7 +215,10 @@ def build(scene, tables, rng, args, absent: int | None = None):
         ids += [VOCAB[w] for w in prompt]
         labels += [-100] * len(prompt)
         assert ans[-1] == value
-        scored.append((task, len(ids), len(ans)))  # the answer's span; its last word is the value
+        letter = args.letters and value in opts
+        if letter:  # the value's option letter after it, as the real answers end ("... red (A).")
+            ans = [*ans, f"({'ABCDE'[opts.index(value)]})"]
+        scored.append((task, len(ids), len(ans), letter))  # the answer's span; the value ends it, or its letter
         ids += [VOCAB[w] for w in ans]
         labels += [VOCAB[w] for w in ans]
         ids += [VOCAB["."], VOCAB["<eot>"]]
@@ -256,6 +260,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--every-object", action="store_true", help="colour and shape of every object too (more turns)")
     p.add_argument("--long-order-echo", action="store_true", help="order echoed as 'shape that appeared last red'")
+    p.add_argument("--letters", action="store_true", help="answers end with the value's option letter: 'red (A)'")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=250)
@@ -311,23 +316,28 @@ def main(argv=None) -> int:
 @torch.no_grad()
 def evaluate(model, held_out) -> str:
     model.eval()
-    right, exact, total = {}, {}, {}
+    right, exact, total, letters = {}, {}, {}, {}
     for i in range(0, len(held_out), 16):
         chunk = held_out[i : i + 16]
         emb, _, mask = batch(chunk, model)
         logits, _, _ = model(emb, attention_mask=mask)
         for b, s in enumerate(chunk):
             ids = s[0]
-            for task, at, n in s[4]:
+            for task, at, n, letter in s[4]:
                 pred = logits[b, at - 1 : at + n - 1].argmax(-1)
                 hit = pred == ids[at : at + n]
-                # value: the last word given the rest (teacher-forced); exact: every word, i.e.
+                # value: the value word given the rest (teacher-forced); exact: every word, i.e.
                 # greedy decoding from the answer's start gives exactly this answer
-                right[task] = right.get(task, 0) + int(hit[-1])
+                right[task] = right.get(task, 0) + int(hit[-2 if letter else -1])
                 exact[task] = exact.get(task, 0) + int(hit.all())
                 total[task] = total.get(task, 0) + 1
+                if letter:  # the letter given the value and the rest
+                    letters[task] = letters.get(task, 0) + int(hit[-1])
     return " ".join(
-        f"{t} {right[t] / total[t]:.0%}/{exact[t] / total[t]:.0%}({total[t]})" for t in sorted(total)
+        f"{t} {right[t] / total[t]:.0%}/"
+        + (f"{letters[t] / total[t]:.0%}L/" if t in letters else "")
+        + f"{exact[t] / total[t]:.0%}({total[t]})"
+        for t in sorted(total)
     )
 
 

@@ -23,14 +23,7 @@ from videochat_flash.data.shapes import (
     SIZES,
     object_position,
 )
-from videochat_flash.data.tasks import (
-    COUNTS,
-    LETTERS,
-    MC_TASKS,
-    MULTI_TURN_TASK,
-    PER_OBJECT_TASKS,
-    PRESENT_MULTI_TURN_TASK,
-)
+from videochat_flash.data.tasks import COUNTS, LETTERS, MC_TASKS, MULTI_TURN_TASK, PER_OBJECT_TASKS
 
 TINY = dict(
     num_samples=3,
@@ -64,8 +57,7 @@ def all_records(data) -> list[dict]:
 def records(all_records) -> list[dict]:
     """The answerable one-question records (the multi-turn ones regroup them, see `multi_records`; questions about
     an absent subject are in `absent_records`)."""
-    multi = (MULTI_TURN_TASK, PRESENT_MULTI_TURN_TASK)
-    return [r for r in all_records if r["task"] not in multi and not r.get("absent")]
+    return [r for r in all_records if r["task"] != MULTI_TURN_TASK and not r.get("absent")]
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +173,9 @@ def test_records_well_formed(data, records):
             opts, k = r["options"], r["answer_index"]
             assert opts == list(VOCABULARY[r["task"] if r["task"] != "niah" else r["needle"]["question"]])
             assert r["answer_letter"] == LETTERS[k] and extract_letter(r["answer"], opts) == LETTERS[k]
-            if "subject" in r:  # what the question names, right before the attribute
-                assert r["task"] in (*PER_OBJECT_TASKS, "mc_direction", "mc_order")
+            if r["task"] in PER_OBJECT_TASKS:  # the subject from the question, right before the attribute
                 assert r["answer"] == f"The {r['subject']} {opts[k]} ({LETTERS[k]})."
-                tail = " move?" if r["task"] == "mc_direction" else "?"
-                assert r["question"].endswith(f" {r['subject']}{tail}")
+                assert r["question"].endswith(f" {r['subject']}?")
             else:
                 assert r["answer"] == f"Answer: {opts[k]} ({LETTERS[k]})."
             assert r["prompt"].startswith("Option:\n") and r["prompt"].endswith("\nQuestion: " + r["question"])
@@ -219,29 +209,10 @@ def test_curriculum_pool_has_one_bigger_shape(data, records):
 def test_mc_phase_mixture_holds_only_multiple_choice(data):
     mix = yaml.safe_load((data / "stage0_mc.yaml").read_text())["datasets"]
     assert [Path(e["json_path"]).name for e in mix] == [
-        f"single_{PRESENT_MULTI_TURN_TASK}.jsonl",
-        f"single_{PRESENT_MULTI_TURN_TASK}.jsonl",
-        f"short_{PRESENT_MULTI_TURN_TASK}.jsonl",
+        f"single_{MULTI_TURN_TASK}.jsonl",
+        f"single_{MULTI_TURN_TASK}.jsonl",
+        f"short_{MULTI_TURN_TASK}.jsonl",
     ]
-
-
-def test_present_subject_conversations_drop_only_the_absent_subjects_turns(data, all_records, multi_records):
-    """`mc_multi_present`: per scene video, its `mc_multi` conversation without the absent subjects' turns."""
-    absent = {r["id"] for r in all_records if r.get("absent")}
-    present = {m["video"]: m for m in all_records if m["task"] == PRESENT_MULTI_TURN_TASK}
-    scene_multi = [m for m in multi_records if m["pool"] != "niah"]
-    assert sorted(present) == sorted(m["video"] for m in scene_multi)
-    dropped = 0
-    for m in scene_multi:
-        p = present[m["video"]]
-        assert synth.record_problems(p, data) == [], p["id"]
-        kept = [k for k, q in enumerate(m["questions"]) if q not in absent]
-        assert p["questions"] == [m["questions"][k] for k in kept]
-        turns = [t for k in kept for t in m["conversations"][2 * k : 2 * k + 2]]
-        turns[0] = {**turns[0], "value": "<image>\n" + turns[0]["value"].removeprefix("<image>\n")}
-        assert p["conversations"] == turns
-        dropped += len(m["questions"]) - len(kept)
-    assert dropped
 
 
 def test_direction_phase_mixture_replays_the_mc_phase(data):
@@ -312,9 +283,6 @@ def test_multi_turn_records_pass_the_training_data_check(data):
 
     for pool in ("single", "short", "long", "niah"):
         assert check_annotations([data / "annotations" / f"{pool}_{MULTI_TURN_TASK}.jsonl"], template="qwen_2") == []
-    for pool in ("single", "short", "long"):
-        path = data / "annotations" / f"{pool}_{PRESENT_MULTI_TURN_TASK}.jsonl"
-        assert check_annotations([path], template="qwen_2") == []
 
 
 def test_training_scenes_ask_about_subjects_from_the_whole_vocabulary(records, absent_records):
@@ -388,8 +356,7 @@ def test_synthetic_records_mention_correct_answer(records):
         elif r["task"] == "mc_order":
             starts = [o["start"] for o in objs]
             target = objs[r["target"]]["start"]
-            assert target == (max(starts) if r["subject"] == "last" else min(starts))
-            assert r["question"].endswith(f" {r['subject']}?")
+            assert target == (max(starts) if "last" in r["question"] else min(starts))
             assert starts.count(target) == 1
             assert r["options"][r["answer_index"]] == objs[r["target"]]["color"]
 
@@ -471,7 +438,7 @@ def test_eval_set_grid_and_evaluate(tmp_path):
         assert synth.record_problems(r, tmp_path) == []
     asked = [(r["video"], r["task"]) for r in recs]
     assert len(asked) == len(set(asked))  # one question per video and task: per-object questions are for training
-    assert not {MULTI_TURN_TASK, PRESENT_MULTI_TURN_TASK} & {r["task"] for r in recs}  # so are the multi-turn ones
+    assert MULTI_TURN_TASK not in {r["task"] for r in recs}  # so are the multi-turn records, needle videos' too
 
     seen = []
 

@@ -44,7 +44,6 @@ from .tasks import (
     MC_TASKS,
     MULTI_TURN_TASK,
     PER_OBJECT_TASKS,
-    PRESENT_MULTI_TURN_TASK,
     caption_record,
     grounding_record,
     mc_record,
@@ -75,7 +74,7 @@ __all__ = [
 
 # The annotations' wording, kept in the manifest: bump it when a seed's records change text (answers, questions)
 # so that a cached dataset is generated again; datasets written before the field existed have wording 1.
-ANNOTATIONS_VERSION = 2  # 2: direction and order answers name their subject
+ANNOTATIONS_VERSION = 1
 
 DEFAULTS = {
     "num_samples": 800,  # short videos; long = num_samples // 4, niah = num_samples // 8
@@ -112,8 +111,7 @@ _SINGLE_TASKS = ("caption", *_SINGLE_QA)
 # question per video, about an object in view.
 _SUBJECT_POOLS = ("single", "short", "long")
 # Training pools that also get each video's multiple-choice questions as one multi-turn record (task `mc_multi`;
-# for needle videos: the needle's shape and colour; scene pools also get it without the absent subjects' questions,
-# task `mc_multi_present`).
+# for needle videos: the needle's shape and colour).
 _MULTI_TURN_POOLS = ("single", "short", "long", "niah")
 # The mixture format has no weights: a file listed k times is read k times (k-fold up-sampling). Needle videos
 # are few (one question each) against ~7 questions per short/long video; once each they were ~1.5% of stage 3
@@ -144,8 +142,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # and with one-shape questions diluted the LLM stayed at chance on a lone shape's colour, as in session 6's ablation)
     # (each video's questions as one multi-turn conversation: the visual tokens, ~80% of a sample's compute, are
     # paid once for ~7 questions; with one question per sample the LLM saw ~3x fewer answers in the same time)
-    # (without the questions about absent subjects: they join in the next phases, see `PRESENT_MULTI_TURN_TASK`)
-    "stage0_mc": [("single", PRESENT_MULTI_TURN_TASK)] * 2 + [("short", PRESENT_MULTI_TURN_TASK)],
+    "stage0_mc": [("single", MULTI_TURN_TASK)] * 2 + [("short", MULTI_TURN_TASK)],
     # the demo's direction phase after it: direction questions of one-shape and short videos, with a replay of the
     # MC phase. The tower's codes carry direction only on the clips where an object moves (colour on every token),
     # and the LLM stayed at chance on it through `stage0_mc`; trained on direction alone it learned it and forgot
@@ -314,19 +311,15 @@ def _scene_job(job: dict) -> list[dict]:
                 **common,
             )
     if job["pool"] in _MULTI_TURN_POOLS:
-        ordered = _multi_turn_order(job, [r for r in records if r["task"] in MC_TASKS])
-        records.append(multi_turn_record(ordered, f"{base}_{MULTI_TURN_TASK}", **common))
-        if job["pool"] in _SUBJECT_POOLS:
-            present = [r for r in ordered if not r.get("absent")]
-            rid = f"{base}_{PRESENT_MULTI_TURN_TASK}"
-            records.append(multi_turn_record(present, rid, PRESENT_MULTI_TURN_TASK, **common))
+        records.append(_multi_turn(job, records, f"{base}_{MULTI_TURN_TASK}", common))
     return records
 
 
-def _multi_turn_order(job: dict, questions: list[dict]) -> list[dict]:
-    """One video's multiple-choice records in the order its conversation asks them, drawn from a separate stream."""
+def _multi_turn(job: dict, records: list[dict], rid: str, common: dict) -> dict:
+    """All multiple-choice records of one video as one conversation, in an order drawn from a separate stream."""
+    questions = [r for r in records if r["task"] in MC_TASKS]
     order = _rng(job["seed"], job["split"], job["pool"], job["index"], stream=1).permutation(len(questions))
-    return [questions[k] for k in order]
+    return multi_turn_record([questions[k] for k in order], rid, **common)
 
 
 _SOURCE_CACHE: dict[int, list[np.ndarray]] = {}

@@ -10,17 +10,13 @@ Prompt formats follow the benchmarks the real model is evaluated on (REFERENCE �
   ``"Answer: y (B)."`` (the value first: see `mc_answer`), except for the questions about one object named by its
   other attribute (`PER_OBJECT_TASKS`), answered ``"The triangle yellow (D)."`` / ``"The red square (B)."``: the
   subject first, copied from the question, then the asked attribute *right after it*, then the letter; the
-  questions end with their subject ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry
-  the subject from the question to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
+  questions end with their subject ("What color is the triangle?", "Which shape is red?"). Why: the LLM must carry the subject from the question
+  to where it answers and then look it up among the visual tokens. In a simulation of the demo's LLM on ideal
   visual tokens (`benchmarks/probe_routing.py`) the lookup keyed by the token it is on was exact after 600 steps,
   where the letter asked in one step was right 34–62% of the time; copying the subject is the slower half, and
   the question placed last helped it (66–83% against 52–55%). Training scenes are also asked about subjects drawn
   from the whole vocabulary, present or not (`subject_records`, `absent_record`), so that the subject cannot be
-  read off the video. Direction and order answers also start with what their question names: the object
-  (``"The red circle left (C)."``) or one word, ``first``/``last`` (``"The first red (A)."``). In the simulation on
-  ideal visual tokens (`benchmarks/probe_temporal.py`, session 21) that took direction from 83% to 99% and order
-  from 37-40% to 96-97%; the order question's longer phrase as echo ("shape that appeared last") was not learned
-  (the model echoed one of its two words whatever was asked, as did a real build);
+  read off the video;
 * temporal grounding — the Charades-STA pre/post prompt (typo "seonds" kept), answered
   ``"The event happens in the S - E seconds."``;
 * captions — ``"Describe the video."`` (stage 1 uses the `plain` template, which keeps only the caption).
@@ -70,8 +66,8 @@ def mc_prompt(question: str, options: list[str]) -> str:
 
 
 def mc_answer(options: list[str], index: int, subject: str | None = None) -> str:
-    """``"Answer: y (B)."``: the value, then its letter; with a ``subject`` (what the question names: "triangle",
-    "red", "red circle", "first"), the value follows it: ``"The triangle yellow (D)."``, ``"The red square (B)."``.
+    """``"Answer: y (B)."``: the value, then its letter; with the asked object's ``subject`` ("triangle", "red"),
+    the value follows the subject: ``"The triangle yellow (D)."``, or ``"The red square (B)."`` for a colour.
 
     Why the value before the letter: in `benchmarks/probe_routing.py` the letter asked in one step was right
     34-62% of the time, the letter after its value 100%; the value is what the video decides."""
@@ -151,11 +147,6 @@ def caption(scene: Scene) -> str:
 PER_OBJECT_TASKS = ("mc_color", "mc_shape")
 # Task name of a record holding all of a video's multiple-choice questions as one multi-turn conversation.
 MULTI_TURN_TASK = "mc_multi"
-# The same conversation without the questions about absent subjects (`absent_record`), for the demo's first
-# multiple-choice phase: in `benchmarks/probe_temporal.py` (session 22) absent-subject turns from the first step
-# kept the order answer's echoed word ("first"/"last") unlearned (0% whole answers at step 500), while absent
-# turns added after half the steps were learned in 125 steps with the rest kept (direction 99%, order 95/88%).
-PRESENT_MULTI_TURN_TASK = "mc_multi_present"
 
 
 def per_object_question(task: str, subject: str) -> str:
@@ -192,8 +183,7 @@ def mc_question(
     if task == "mc_direction":
         o = objs[int(rng.integers(0, len(objs)))]
         options, idx = _fixed_options(o.direction, DIRECTIONS)
-        gt = {"target": objs.index(o), "subject": o.name}
-        return f"In which direction does the {o.name} move?", options, idx, gt
+        return f"In which direction does the {o.name} move?", options, idx, {"target": objs.index(o)}
     if task == "mc_count":
         if str(len(objs)) not in COUNTS:
             return None
@@ -206,9 +196,8 @@ def mc_question(
         last = bool(rng.random() < 0.3)
         o = objs[-1] if last else objs[0]
         options, idx = _fixed_options(o.color, COLORS)
-        which = "last" if last else "first"
-        gt = {"target": objs.index(o), "subject": which}
-        return f"What color is the shape that appeared {which}?", options, idx, gt
+        q = f"What color is the shape that appeared {'last' if last else 'first'}?"
+        return q, options, idx, {"target": objs.index(o)}
     raise ValueError(f"unknown MC task {task!r}")
 
 
@@ -283,7 +272,7 @@ def subject_records(
     return records
 
 
-def multi_turn_record(records: Sequence[dict], rid: str, task: str = MULTI_TURN_TASK, **extra) -> dict:
+def multi_turn_record(records: Sequence[dict], rid: str, **extra) -> dict:
     """One conversation asking every question of ``records`` (all about the same video) in the given order.
 
     The video placeholder stays in the first human turn only, as in LLaVA-style multi-turn data. Training on one
@@ -299,7 +288,7 @@ def multi_turn_record(records: Sequence[dict], rid: str, task: str = MULTI_TURN_
         "id": rid,
         "video": records[0]["video"],
         "conversations": turns,
-        "task": task,
+        "task": MULTI_TURN_TASK,
         "questions": [r["id"] for r in records],
         **extra,
     }
