@@ -113,6 +113,24 @@ def test_cached_vision_weights_of_another_config_are_trained_again(tiny_build):
     assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
 
 
+def test_cached_vision_weights_from_before_a_config_field_existed_are_reused(tiny_build):
+    """A tower trained before a config field was added did what the field's default does: it stays valid, unless
+    the recipe sets the field to something else."""
+    from videochat_flash.train.demo import make_vision_weights
+
+    _, work = tiny_build
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is True
+    metrics = work / "stage0_vision" / "umt.json"
+    written = json.loads(metrics.read_text())
+    assert written["config"]["motion_mix"] == 0.0
+    del written["config"]["motion_mix"]
+    metrics.write_text(json.dumps(written))
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is True
+    written["config"]["motion_mix"] = 0.25  # trained with another value than the recipe's
+    metrics.write_text(json.dumps(written))
+    assert make_vision_weights(work, seed=3, scale=0.004)[1] is False
+
+
 def test_connector_codes_are_made_again_for_another_tower_or_config(tiny_build):
     """The distilled connector is reused only over the very tower weights and config it was made with."""
     from videochat_flash.train.demo import make_connector_weights, make_vision_weights

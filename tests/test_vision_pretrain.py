@@ -261,3 +261,33 @@ def test_motion_warmup_trains_the_motion_heads_alone_first(tmp_path):
     losses = [set(row) - {"step", "seconds"} for row in history]
     assert losses[0] == losses[1] == set(MOTION_HEADS)
     assert {"color", "object_shape", "count"} <= losses[2] == losses[3]
+
+
+def test_motion_mix_keeps_a_share_of_motion_scenes_after_the_warmup(tmp_path, monkeypatch):
+    from videochat_flash.train import vision_pretrain
+
+    torch.set_num_threads(1)
+    taken = []
+    original = vision_pretrain.ClipStream.take
+
+    def record(self, n):
+        if n:
+            taken.append(("motion" if self.motion_only else "pools", n))
+        return original(self, n)
+
+    monkeypatch.setattr(vision_pretrain.ClipStream, "take", record)
+    cfg = VisionPretrainConfig(
+        steps=3,
+        batch_size=4,
+        frame_size=32,
+        image_sizes=(32,),
+        eval_clips=4,
+        init_clips=4,
+        motion_warmup_steps=1,
+        motion_mix=0.5,
+        patch_init="random",
+    )
+    pretrain_vision(TINY_TOWER, tmp_path / "umt.pt", cfg, progress=False)
+    assert taken[:5] == [("motion", 4), ("pools", 2), ("motion", 2), ("pools", 2), ("motion", 2)]
+    with pytest.raises(ValueError, match="motion_mix"):
+        VisionPretrainConfig(motion_mix=1.0)

@@ -289,7 +289,11 @@ def make_vision_weights(work: Path, seed: int, scale: float) -> tuple[Path, bool
     if out.is_file() and metrics_file.is_file():
         written = json.loads(metrics_file.read_text())
         wanted = json.loads(json.dumps([asdict(cfg), asdict(tower)]))  # as the file holds them: tuples as lists
-        if [written.get("config"), written.get("tower"), written.get("style")] == [*wanted, scene_style()]:
+        # a field added to the config since the tower was trained counts as its default (what the training did)
+        defaults = json.loads(json.dumps(asdict(VisionPretrainConfig())))
+        trained = written.get("config") or {}
+        config = {**{k: v for k, v in defaults.items() if k not in trained}, **trained}
+        if [config, written.get("tower"), written.get("style")] == [*wanted, scene_style()]:
             _log(f"vision weights exist: {out}")
             return out, True
         _log(f"vision weights in {out} were trained with another config or tower: training them again")

@@ -66,6 +66,10 @@ class VisionPretrainConfig:
     # direction only so: from the mixed clips, or with the other heads on from step 1, the motion loss stayed at
     # chance (benchmarks/README.md, motion in the tower's pre-training).
     motion_warmup_steps: int = 0
+    # After the warm-up, this share of each batch's clips still comes from the motion-only scenes (all heads on
+    # them): without them the motion learned in the warm-up was mostly lost within 300 steps of the pools' clips
+    # (benchmarks/README.md, motion in the tower's pre-training).
+    motion_mix: float = 0.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"count": 0.5})
 
     @classmethod
@@ -78,6 +82,8 @@ class VisionPretrainConfig:
     def __post_init__(self) -> None:
         if self.patch_init not in PATCH_INITS:
             raise ValueError(f"vision_pretrain.patch_init must be one of {PATCH_INITS}, got {self.patch_init!r}")
+        if not 0.0 <= self.motion_mix < 1.0:
+            raise ValueError(f"vision_pretrain.motion_mix must be in [0, 1), got {self.motion_mix}")
 
 
 class DenseHeads(nn.Module):
@@ -335,7 +341,11 @@ def pretrain_vision(
     for step in range(1, cfg.steps + 1):
         size = cfg.image_sizes[(step - 1) % len(cfg.image_sizes)]
         warmup = step <= cfg.motion_warmup_steps
-        clips = (motion_stream if warmup else stream).take(cfg.batch_size)
+        if warmup:
+            clips = motion_stream.take(cfg.batch_size)
+        else:
+            mixed = round(cfg.motion_mix * cfg.batch_size)
+            clips = stream.take(cfg.batch_size - mixed) + motion_stream.take(mixed)
         pixels, labels = make_batch(clips, size, umt_cfg.patch_size)
         losses = dense_losses(heads(towers(pixels), labels["owner"]), labels)
         if warmup:
